@@ -1,0 +1,43 @@
+# emotune: `make demo` and `make test` do all set-up on a fresh machine.
+# VENV_FLAGS=--system-site-packages lets a GPU cluster's own torch show through into the venv.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.emotune-installed
+DEMO_OUT ?= demo_out
+MLFLOW_PORT ?= 5000
+
+export RAY_USAGE_STATS_ENABLED ?= 0
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: install demo test lint mlflow-ui bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 (the CPU build) only where no torch is importable; a cluster's CUDA torch stays.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/emotune demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -ra
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
+
+bench: $(STAMP)
+	$(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

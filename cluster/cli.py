@@ -1,0 +1,241 @@
+"""The ``emotune`` command line: synth, ingest, shards, sweep, report, promote, demo.
+
+Every subcommand validates its arguments before any Ray or MLflow work starts, and exits with status 2 and a
+one-line message naming the problem and the fix on bad input (no traceback for user errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cluster import ray_runtime  # noqa: F401  (sets the loopback / no-usage-stats environment before Ray loads)
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ImportError)
+
+
+def _parse_feature_params(items: list[str]) -> dict[str, dict]:
+    """``["logmel.n_mels=80", ...]`` -> ``{"logmel": {"n_mels": 80}}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        fs, dot, field = key.partition(".")
+        if not sep or not dot or not fs or not field:
+            raise ValueError(f"--feature-param must look like FEATURE_SET.FIELD=VALUE (e.g. logmel.n_mels=80), "
+                             f"got {item!r}")
+        out.setdefault(fs, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from data_io import synth
+
+    summary = synth.generate(args.layout, Path(args.out), seed=args.seed, scale=args.scale)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from data_io.ingest import ingest
+
+    feature_sets = [f.strip() for f in args.features.split(",") if f.strip()]
+    adapter_options = {"manifest": args.manifest} if args.manifest else {}
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    started = []
+
+    def ray_map(func, args_list):
+        # Ray starts here, after ingest() validated its arguments and found chunks to do.
+        started.append(ray_runtime.init_ray(num_cpus=workers))
+        return ray_runtime.ray_map_unordered(func, args_list)
+
+    use_ray = workers > 1 or bool(os.environ.get("RAY_ADDRESS"))
+    try:
+        summary = ingest(args.corpus, Path(args.root), Path(args.out), feature_sets,
+                         feature_overrides=_parse_feature_params(args.feature_param),
+                         adapter_options=adapter_options, shard_size=args.shard_size,
+                         overwrite=args.overwrite, map_unordered=ray_map if use_ray else None,
+                         show_progress=not args.quiet)
+    finally:
+        if any(started):
+            import ray
+
+            ray.shutdown()
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from data_io import shards
+
+    ss = shards.open_shards(Path(args.path), verify_checksums=args.verify)
+    print(shards_summary(ss))
+    return 0
+
+
+def shards_summary(ss) -> str:
+    """A few lines describing a shard set: rows, speakers, labels, feature shape, hash."""
+    import pyarrow.compute as pc
+
+    meta = ss.metadata(columns=["speaker", "emotion", "arousal", "split", "n_frames", "n_bins"])
+    m = ss.manifest
+    emotions = pc.value_counts(meta["emotion"]).to_pylist()
+    counts = ", ".join(f"{e['values']}: {e['counts']}" for e in emotions)
+    splits = ", ".join(f"{e['values']}: {e['counts']}" for e in pc.value_counts(meta["split"]).to_pylist())
+    frames = meta["n_frames"].to_numpy()
+    return "\n".join([
+        f"{ss.folder}: {m.total_rows} utterances in {len(m.files)} shards, corpus {m.corpus}, "
+        f"feature set {m.feature_set} ({m.feature_dtype}), schema v{m.schema_version}",
+        f"  speakers: {len(pc.unique(meta['speaker']))}; emotions: {counts or 'none'}; splits: {splits or 'none'}",
+        f"  feature: frames {int(frames.min()) if len(frames) else 0}-{int(frames.max()) if len(frames) else 0} "
+        f"x {meta['n_bins'][0].as_py() if len(frames) else 0} bins; label scale {m.label_scale}",
+        f"  manifest hash {ss.content_hash}",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from data_io import adapters, features, synth
+
+    p = argparse.ArgumentParser(prog="emotune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic corpus in a real corpus's on-disk layout")
+    s.add_argument("--layout", required=True, choices=synth.LAYOUTS)
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scale", default="small", choices=("small", "full"))
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("ingest", help="extract features from a corpus into Parquet shards")
+    s.add_argument("--corpus", required=True, choices=sorted(adapters.ADAPTERS))
+    s.add_argument("--root", required=True, help="corpus folder as distributed (or its parent)")
+    s.add_argument("--features", required=True,
+                   help=f"comma-separated feature sets from {sorted(features.PRESETS)}")
+    s.add_argument("--out", required=True, help="shard root; shards go to OUT/CORPUS/FEATURE_SET/")
+    s.add_argument("--shard-size", type=int, default=256, help="utterances per shard")
+    s.add_argument("--workers", type=int, default=None, help="parallel Ray tasks (default: all cores; 1 = no Ray)")
+    s.add_argument("--overwrite", action="store_true", help="re-ingest from scratch instead of resuming")
+    s.add_argument("--manifest", default=None, help="csv corpus: manifest file name inside --root")
+    s.add_argument("--feature-param", action="append", default=[], metavar="SET.FIELD=VALUE",
+                   help="override a preset field, e.g. logmel.n_mels=80 (repeatable)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("shards", help="summarise (and optionally verify) a shard set")
+    s.add_argument("path", help="OUT/CORPUS/FEATURE_SET folder")
+    s.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    s.set_defaults(func=cmd_shards)
+
+    s = sub.add_parser("sweep", help="run (or resume) a hyperparameter sweep from a YAML config")
+    s.add_argument("config", help="sweep config YAML (see configs/)")
+    s.add_argument("--smoke", action="store_true", help="2 trials, 2 epochs, 2 seeds: a quick end-to-end check")
+    s.add_argument("--fresh", action="store_true", help="discard the experiment folder instead of resuming")
+    s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a config field, e.g. search.num_samples=8 (repeatable)")
+    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all cores)")
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("report", help="paper-style results table of an MLflow experiment")
+    s.add_argument("--experiment", required=True, help="MLflow experiment name (the sweep name by default)")
+    s.add_argument("--baseline", default=None, help="variant to test against (one-tailed Welch, p < 0.05)")
+    s.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    s.add_argument("--csv", default=None, help="also write the table as CSV to this file")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("promote", help="move the champion alias to the candidate if it wins on validation")
+    s.add_argument("--model", required=True, help="registered model name (emotune-<family> by default)")
+    s.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    s.add_argument("--candidate", default="candidate", help="alias of the version to promote")
+    s.add_argument("--champion", default="champion", help="alias to move")
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("demo", help="synth + ingest + sweep + report on the built-in synthetic corpus")
+    s.add_argument("--out", default="demo_out", help="working folder for the corpus and shards")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set must look like FIELD=VALUE (e.g. search.num_samples=8), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cluster.sweep import run_sweep
+
+    result = run_sweep(Path(args.config), smoke=args.smoke, overrides=_parse_sets(args.set), fresh=args.fresh,
+                       num_cpus=args.num_cpus)
+    print(f"\nsweep finished: {result.search_trials} search trials; selected on validation:")
+    for key, sel in result.selected.items():
+        print(f"  {key}: trial {sel['trial_id']} (val {sel['val_score']:.4f} at epoch {sel['best_epoch']})")
+    print("\n" + result.table_markdown)
+    if result.model_version:
+        print(f"registered model version {result.model_version} (alias candidate); MLflow parent run "
+              f"{result.parent_run_id}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import format_table, values_from_mlflow
+    from cluster.tracking import resolve_tracking_uri
+
+    values, targets = values_from_mlflow(args.experiment, resolve_tracking_uri(args.tracking_uri))
+    md, table_csv = format_table(values, targets, baseline=args.baseline)
+    print(md)
+    if args.csv:
+        Path(args.csv).write_text(table_csv)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from cluster.promote import promote
+    from cluster.tracking import resolve_tracking_uri
+
+    decision = promote(args.model, resolve_tracking_uri(args.tracking_uri), args.candidate, args.champion)
+    print(decision.message)
+    return 0 if decision.promoted else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's first command: synthetic MSP-Podcast-layout corpus -> shards -> sweep -> report."""
+    out = Path(args.out)
+    corpus_root = out / "corpus"
+    if not (corpus_root / "MSP-Podcast").exists():
+        cmd_synth(argparse.Namespace(layout="msp_podcast", out=str(corpus_root), seed=args.seed, scale="small"))
+    shard_root = out / "shards"
+    cmd_ingest(argparse.Namespace(corpus="msp_podcast", root=str(corpus_root), out=str(shard_root),
+                                  features="functionals", manifest=None, workers=None, shard_size=64,
+                                  overwrite=False, feature_param=[], quiet=False))
+    cmd_shards(argparse.Namespace(path=str(shard_root / "msp_podcast" / "functionals"), verify=True))
+    config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    cmd_sweep(argparse.Namespace(config=str(config), smoke=False, fresh=False, num_cpus=None,
+                                 set=[f"data.shards=[{(shard_root / 'msp_podcast' / 'functionals').resolve()}]",
+                                      f"storage.path={(out / 'ray_results').resolve()}"]))
+    cmd_report(argparse.Namespace(experiment="demo", baseline="dnn_mtl", tracking_uri=None, csv=None))
+    print("Browse the runs: make mlflow-ui  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        print(f"emotune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Paper-style results tables (ladder paper, Table 1): variants x targets, mean +/- std over seeds, val and test.
+
+The sweep driver logs, on each sweep's parent run, one point per repeat seed for every validation and test metric
+(``<variant>.val_ccc_arousal``, ``<variant>.test_ccc_arousal``; step = seed). ``emotune report --experiment NAME``
+reads those back from every finished sweep of the experiment and marks with ``*`` the cells where a variant beats
+the baseline variant in a one-tailed Welch t-test over seeds (p < 0.05), as the paper does.
+
+The paper tunes one sweep per attribute (the MTL weights are chosen "to maximize the performance for each
+attribute"). With several sweeps in one experiment, a cell for attribute A comes from the sweep whose objective is
+A's metric when there is one, else from the newest sweep that has it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from trainables import metrics as M
+
+ATTRIBUTES = ("arousal", "valence", "dominance")
+
+Values = Mapping[str, Mapping[str, Sequence[float]]]  # variant -> "val_ccc_arousal" -> one value per seed
+
+
+def metric_names(targets: Sequence[str]) -> list[str]:
+    """Table columns per target: CCC for attributes, UA and WA for class targets."""
+    names = []
+    for t in targets:
+        names += [f"ccc_{t}"] if t in ATTRIBUTES else [f"ua_{t}", f"wa_{t}"]
+    return names
+
+
+def format_table(values: Values, targets: Sequence[str], baseline: str | None = None,
+                 alpha: float = 0.05) -> tuple[str, str]:
+    """Markdown and CSV tables of mean +/- std per variant and column.
+
+    Args:
+        values: Per variant, per ``<val|test>_<metric>``, the values over seeds.
+        targets: Targets whose columns to show.
+        baseline: Variant to test against; ``*`` marks cells significantly better (one-tailed Welch, p < alpha).
+        alpha: Significance level.
+
+    Returns:
+        ``(markdown, csv)``.
+    """
+    if baseline is not None and baseline not in values:
+        raise ValueError(f"--baseline {baseline!r} is not among the variants {sorted(values)}")
+    cols = [f"{p}_{m}" for p in ("val", "test") for m in metric_names(targets)]
+    header = ["variant", "seeds", *cols]
+    md_rows, csv_rows = [], []
+    for variant in sorted(values):
+        per = values[variant]
+        seeds = max((len(per.get(c, ())) for c in cols), default=0)
+        md, raw = [variant, str(seeds)], [variant, str(seeds)]
+        for col in cols:
+            xs = np.asarray(per.get(col, ()), dtype=float)
+            if xs.size == 0:
+                md.append("–")
+                raw.append("")
+                continue
+            mark = ""
+            if baseline and variant != baseline and len(values[baseline].get(col, ())) >= 2 and xs.size >= 2:
+                _, p = M.welch_one_tailed(xs, np.asarray(values[baseline][col], dtype=float))
+                mark = "*" if p < alpha else ""
+            md.append(f"{xs.mean():.3f} ± {xs.std(ddof=1) if xs.size > 1 else 0.0:.3f}{mark}")
+            raw.append(f"{xs.mean():.6f}±{xs.std(ddof=1) if xs.size > 1 else 0.0:.6f}{mark}")
+        md_rows.append(md)
+        csv_rows.append(raw)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in md_rows]
+    if baseline:
+        lines.append(f"\n`*`: better than `{baseline}` in a one-tailed Welch t-test over seeds, p < {alpha}.")
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *csv_rows])
+    return "\n".join(lines) + "\n", buf.getvalue()
+
+
+def values_from_repeats(repeats: Sequence[Mapping], test: Mapping[str, Mapping[str, float]]) -> dict:
+    """Table values from the driver's repeat records and test scores."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for rep in repeats:
+        cell = out.setdefault(rep["variant"] or "model", {})
+        for k, v in {**rep["best"], **test.get(rep["trial_id"], {})}.items():
+            cell.setdefault(k, []).append(float(v))
+    return out
+
+
+def values_from_mlflow(experiment: str, tracking_uri: str) -> tuple[dict, list[str]]:
+    """Table values from the parent runs of every finished sweep in an MLflow experiment.
+
+    Returns:
+        ``(values, targets)``.
+
+    Raises:
+        ValueError: Unknown experiment, or no finished sweep in it.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import ROLE_TAG
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
+    parents = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'FINISHED'",
+                                 order_by=["attributes.start_time DESC"])
+    if not parents:
+        raise ValueError(f"experiment {experiment!r} has no finished sweep yet; run `emotune sweep` first")
+    values: dict[str, dict[str, list[float]]] = {}
+    owner: dict[tuple[str, str], bool] = {}  # (variant, column) -> filled by the sweep that targets it
+    targets: list[str] = []
+    for run in parents:  # newest first
+        objective = run.data.tags.get("objective", "")
+        for key in run.data.metrics:
+            variant, dot, column = key.partition(".")
+            if not dot or not column.startswith(("val_", "test_")):
+                continue
+            target = column.split("_", 2)[-1]
+            if target not in targets:
+                targets.append(target)
+            targeted = objective.endswith(f"_{target}")
+            if (variant, column) in owner and (owner[(variant, column)] or not targeted):
+                continue
+            history = client.get_metric_history(run.info.run_id, key)
+            values.setdefault(variant, {})[column] = [m.value for m in sorted(history, key=lambda m: m.step)]
+            owner[(variant, column)] = targeted
+    order = [t for t in (*ATTRIBUTES, "emotion") if t in targets] + [t for t in targets if t not in ATTRIBUTES
+                                                                       and t != "emotion"]
+    return values, order

@@ -1,0 +1,95 @@
+"""The utterance schema shared by adapters, ingestion, shards, folds and trainables (DESIGN.md, Data).
+
+One row per utterance. Adapters yield :class:`UtteranceRecord`; ingestion turns each into a shard row by adding
+``duration_s``, the feature's shape columns and the feature itself. Label values stay on the corpus's own scale
+(IEMOCAP 1-5, MSP-Podcast 1-7); the manifest records the scale so trainables can normalise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+SAMPLE_RATE = 16_000
+
+# Canonical emotion names. Corpora use codes ("neu", "A", ...); adapters map them to these names.
+# The synthetic generator uses the first four, which is also the usual 4-class SER protocol.
+EMOTIONS_4 = ("neutral", "happy", "sad", "angry")
+EMOTION_VOCAB = (
+    "neutral", "happy", "sad", "angry", "excited", "frustrated",
+    "surprised", "fearful", "disgusted", "contempt", "other",
+)
+STYLES = ("acted", "spontaneous", "read")
+GENDERS = ("F", "M")
+# Canonical split names; corpora with predefined partitions map theirs to these
+# (MSP-Podcast: Train -> train, Development -> validation, Test1 -> test, Test2 -> test2, ...).
+SPLITS = ("train", "validation", "test")
+ATTRIBUTES = ("arousal", "valence", "dominance")
+
+# Metadata columns of a shard, in order; the feature columns follow (see shards.py).
+METADATA_COLUMNS = (
+    "utt_id", "corpus", "speaker", "gender", "session", "split", "style", "emotion",
+    "arousal", "valence", "dominance", "rater_hist", "duration_s",
+)
+
+
+@dataclass(frozen=True)
+class UtteranceRecord:
+    """One utterance as an adapter finds it on disk, before audio is decoded.
+
+    Attributes:
+        utt_id: Corpus-unique id (the file stem for the distributed corpora).
+        corpus: Corpus name as given to ``emotune ingest --corpus`` (e.g. ``iemocap``).
+        audio_path: Absolute path of the audio file, inside the corpus root.
+        speaker: Corpus-unique speaker id (``"Ses01F"``, ``"msp_0042"``); never empty.
+        gender: ``"F"``, ``"M"`` or None when unknown.
+        session: Recording session (IEMOCAP/MSP-IMPROV), chapter (LibriSpeech) or None.
+        split: Predefined partition (``train``/``validation``/``test``/...), or None.
+        style: One of :data:`STYLES`.
+        emotion: Canonical category from :data:`EMOTION_VOCAB`, or None (no label or no agreement).
+        arousal: Consensus arousal on the corpus scale, or None.
+        valence: Consensus valence on the corpus scale, or None.
+        dominance: Consensus dominance on the corpus scale, or None.
+        rater_hist: Votes per category of :data:`EMOTION_VOCAB` (same order), for fuzzy labels; None if unknown.
+    """
+
+    utt_id: str
+    corpus: str
+    audio_path: Path
+    speaker: str
+    gender: str | None = None
+    session: str | None = None
+    split: str | None = None
+    style: str = "acted"
+    emotion: str | None = None
+    arousal: float | None = None
+    valence: float | None = None
+    dominance: float | None = None
+    rater_hist: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.utt_id:
+            raise ValueError("utt_id must be non-empty")
+        if not self.speaker:
+            raise ValueError(f"{self.utt_id}: speaker must be non-empty")
+        if self.gender is not None and self.gender not in GENDERS:
+            raise ValueError(f"{self.utt_id}: gender must be one of {GENDERS} or None, got {self.gender!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"{self.utt_id}: style must be one of {STYLES}, got {self.style!r}")
+        if self.emotion is not None and self.emotion not in EMOTION_VOCAB:
+            raise ValueError(f"{self.utt_id}: emotion must be one of {EMOTION_VOCAB} or None, got {self.emotion!r}")
+        if self.rater_hist is not None and len(self.rater_hist) != len(EMOTION_VOCAB):
+            raise ValueError(
+                f"{self.utt_id}: rater_hist must have {len(EMOTION_VOCAB)} entries (EMOTION_VOCAB order), "
+                f"got {len(self.rater_hist)}"
+            )
+
+    def metadata(self) -> dict:
+        """The record's shard metadata columns (everything but duration and features)."""
+        return {
+            "utt_id": self.utt_id, "corpus": self.corpus, "speaker": self.speaker, "gender": self.gender,
+            "session": self.session, "split": self.split, "style": self.style, "emotion": self.emotion,
+            "arousal": self.arousal, "valence": self.valence, "dominance": self.dominance,
+            "rater_hist": list(self.rater_hist) if self.rater_hist is not None else None,
+        }

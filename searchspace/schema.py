@@ -1,0 +1,457 @@
+"""The sweep config: one YAML file -> a validated, frozen :class:`SweepConfig` (pydantic v2).
+
+Loading fails before any cluster work (DESIGN.md, "Clear errors"; STYLE.md 7, 8): unknown keys are rejected, and
+every problem is reported at once as ``<dotted.field>: <what is wrong>; <fix>`` in one :class:`ConfigError`.
+What needs the filesystem or the family's code (shard folders exist, the space samples, warm-start points build a
+config) is checked by the driver; this module only reads YAML.
+
+Example (every section but ``name``, ``data`` and ``model`` may be left out; the defaults are shown)::
+
+    name: ladder_msp_podcast          # Ray Tune experiment folder and MLflow parent run name
+    data:
+      shards: [shards/msp_podcast/functionals]   # relative paths resolve against the config file's folder
+      protocol: predefined            # predefined | loso | speaker_kfold | cross_corpus
+      protocol_options: {}            # passed to the fold builder (k, seed, train_corpus, ...)
+      targets: [arousal, valence, dominance]
+      emotion_classes: null           # required when targets include emotion
+      emotion_merge: {}               # e.g. {excited: happy}
+    model: {family: ladder, variants: [ladder_mtl], fixed: {}}
+    search: {sampler: tpe, num_samples: 16, max_concurrent: 2, scheduler: asha, grace_period: 2,
+             reduction_factor: 2, metric: val_ccc_arousal, mode: max, seed: 0, ranges: {}, grids: {},
+             per_layer_lambda: false, points_to_evaluate: []}
+    train: {max_epochs: 50, patience: 5, batch_size: 256, select_per_variant: true}
+    repeats: {seeds: 10}
+    resources: {cpu: 1, gpu: 0, max_failures: 2}
+    tracking: {uri: null, experiment: null}
+    registry: {model_name: null, alias: candidate}
+    storage: {path: ray_results}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from searchspace import ladder
+
+# Families the config may name. The registry in trainables/ is the source of truth; searchspace cannot import it
+# (torch), so a test checks the two agree.
+KNOWN_FAMILIES = ("ladder", "dcgan", "center_loss", "selective_mtl", "aae_mtl")
+# Variants per family; a family without an entry is not checked here.
+VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS}
+# Knobs each family's space accepts in search.ranges / search.grids; a family without an entry is not checked here.
+SPACE_KNOBS: dict[str, dict[str, tuple[str, ...]]] = {
+    "ladder": {"ranges": tuple(ladder.RANGE_DEFAULTS), "grids": ladder.GRID_KNOBS},
+}
+# Each family's own check of its space options (variants, ranges, grids, per_layer_lambda, fixed); run when the
+# generic checks pass, so a range the space would reject (e.g. dropout [0, 1]) fails at load time.
+SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options}
+# Fixed weight pairs whose sum must stay <= 1 (the ladder's Eq. 2 gives dominance 1 - alpha - beta).
+SUM_AT_MOST_ONE: dict[str, tuple[str, str]] = {"ladder": ("alpha", "beta")}
+
+Target = Literal["arousal", "valence", "dominance", "emotion", "gender", "speaker", "style"]
+Sampler = Literal["tpe", "random", "grid", "cmaes"]
+Protocol = Literal["predefined", "loso", "speaker_kfold", "cross_corpus"]
+TARGETS: tuple[str, ...] = get_args(Target)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+
+
+class ConfigError(ValueError):
+    """A sweep config that cannot run; ``problems`` holds one ``<dotted.field>: <what>; <fix>`` line each."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        where = f" {source}" if source else ""
+        n = len(self.problems)
+        super().__init__(f"invalid sweep config{where} ({n} problem{'s' * (n != 1)}):\n  - "
+                         + "\n  - ".join(self.problems))
+
+
+class _Problems(ValueError):
+    """Several problems found by one validator, each with its location below the validated model."""
+
+    def __init__(self, items: list[tuple[tuple, str]]):
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in items))
+        self.items = items
+
+
+def _raise(problems: list[tuple[tuple, str]]) -> None:
+    if problems:
+        raise _Problems(problems)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which shards, how they are split into folds, and what is predicted."""
+
+    shards: list[str] = Field(min_length=1)
+    protocol: Protocol = "predefined"
+    protocol_options: dict[str, Any] = Field(default_factory=dict)
+    targets: list[Target] = Field(default_factory=lambda: ["arousal", "valence", "dominance"], min_length=1)
+    emotion_classes: list[str] | None = None
+    emotion_merge: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        problems = []
+        if any(not s.strip() for s in self.shards):
+            problems.append((("shards",), "an empty path; give a shard folder"))
+        if len(set(self.targets)) != len(self.targets):
+            problems.append((("targets",), f"duplicate targets in {self.targets}; list each once"))
+        classes = self.emotion_classes
+        if "emotion" in self.targets and not classes:
+            problems.append((("emotion_classes",), "required when data.targets includes emotion; list the classes, "
+                                                   "e.g. [neutral, happy, sad, angry]"))
+        if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)):
+            problems.append((("emotion_classes",), f"needs at least 2 distinct classes, got {classes}; fix the list"))
+        if classes and self.emotion_merge:
+            bad = {k: v for k, v in self.emotion_merge.items() if v not in classes}
+            if bad:
+                problems.append((("emotion_merge",), f"{bad} merge into classes not in data.emotion_classes "
+                                                     f"{classes}; merge into one of those"))
+        _raise(problems)
+        return self
+
+
+class ModelConfig(_Section):
+    """The architecture family, the variants searched, and config fields fixed for every trial."""
+
+    family: str
+    variants: list[str] = Field(min_length=1)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> ModelConfig:
+        families = tuple((info.context or {}).get("families") or KNOWN_FAMILIES)
+        if self.family not in families:
+            _raise([(("family",), f"{self.family!r} is not a registered family; use one of {sorted(families)}")])
+        problems = []
+        valid = VARIANTS.get(self.family)
+        if valid is not None:
+            bad = [v for v in self.variants if v not in valid]
+            if bad:
+                problems.append((("variants",), f"{bad} not valid for family {self.family!r}; use variants from "
+                                                f"{list(valid)}"))
+        if len(set(self.variants)) != len(self.variants):
+            problems.append((("variants",), f"duplicates in {self.variants}; list each variant once"))
+        if "variant" in self.fixed:
+            problems.append((("fixed", "variant"), "the variant is set by model.variants; move it there"))
+        pair = SUM_AT_MOST_ONE.get(self.family)
+        if pair:
+            a, b = pair
+            for key in pair:
+                value = self.fixed.get(key)
+                if key in self.fixed and not (_is_number(value) and 0 <= value <= 1):
+                    problems.append((("fixed", key), f"must be a number in [0, 1], got {value!r}; fix the value"))
+            if all(_is_number(self.fixed.get(k)) for k in pair) and self.fixed[a] + self.fixed[b] > 1 + 1e-9:
+                problems.append((("fixed",), f"{a} + {b} <= 1 must hold, got {a}={self.fixed[a]}, "
+                                             f"{b}={self.fixed[b]}; lower {a} or {b}"))
+        _raise(problems)
+        return self
+
+
+class SearchConfig(_Section):
+    """Optuna sampler, Ray Tune trial budget and ASHA scheduler, and the space's options."""
+
+    sampler: Sampler = "tpe"
+    num_samples: int = Field(16, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+    metric: str = "val_ccc_arousal"
+    mode: Literal["max", "min"] = "max"
+    seed: int = Field(0, ge=0)
+    ranges: dict[str, list[float]] = Field(default_factory=dict)  # knob -> [low, high]
+    grids: dict[str, list[Any]] = Field(default_factory=dict)
+    per_layer_lambda: bool = False
+    points_to_evaluate: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, metric: str) -> str:
+        if not metric.startswith("val_"):
+            raise ValueError(f"must start with 'val_', got {metric!r}: selection uses validation data only; "
+                             f"use e.g. val_ccc_arousal")
+        return metric
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchConfig:
+        problems = []
+        for name, pair in self.ranges.items():
+            if len(pair) != 2:
+                problems.append((("ranges", name), f"must be [low, high], got {pair}; give two numbers"))
+                continue
+            low, high = pair
+            if not low < high:
+                problems.append((("ranges", name), f"low < high must hold, got [{low}, {high}]; swap or widen it"))
+            elif name == "lr" and not low > 0:
+                problems.append((("ranges", name), f"lr range must satisfy 0 < low < high, got ({low}, {high}); "
+                                                   f"lr is searched on a log scale, use e.g. [1.0e-5, 1.0e-2]"))
+        for name, values in self.grids.items():
+            if not values:
+                problems.append((("grids", name), "an empty grid; give at least one value"))
+        _raise(problems)
+        return self
+
+
+class TrainConfig(_Section):
+    """The training loop's budget; ``select_per_variant`` selects (and repeats) the best config of each variant."""
+
+    max_epochs: int = Field(50, ge=1)
+    patience: int = Field(5, ge=1)
+    batch_size: int = Field(256, ge=1)
+    select_per_variant: bool = True
+
+
+class RepeatsConfig(_Section):
+    """Re-train the selected config with seeds 0..seeds-1 before scoring test once."""
+
+    seeds: int = Field(10, ge=1)
+
+
+class ResourcesConfig(_Section):
+    """Per-trial Ray resources and Ray Tune's FailureConfig(max_failures); -1 retries forever."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+    max_failures: int = Field(2, ge=-1)
+
+
+class TrackingConfig(_Section):
+    """MLflow: ``uri`` None -> $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; ``experiment`` None -> the name."""
+
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class RegistryConfig(_Section):
+    """MLflow model registry: ``model_name`` None -> ``emotune-<family>``; the alias set on the new version."""
+
+    model_name: str | None = None
+    alias: str = Field("candidate", min_length=1)
+
+
+class StorageConfig(_Section):
+    """Ray Tune storage_path: a local folder, a shared filesystem, or an s3:// / gs:// URI."""
+
+    path: str = Field("ray_results", min_length=1)
+
+
+class SweepConfig(_Section):
+    """One sweep. Build with :func:`load_sweep_config` or ``SweepConfig.model_validate(dict)``.
+
+    ``model_validate`` raises :class:`ConfigError` (not pydantic's ValidationError); pass
+    ``context={"families": names}`` to check ``model.family`` against the registry instead of
+    :data:`KNOWN_FAMILIES`.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig
+    model: ModelConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    repeats: RepeatsConfig = Field(default_factory=RepeatsConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _not_dots(cls, name: str) -> str:
+        if set(name) == {"."}:  # "." or ".." would put the experiment folder outside storage.path
+            raise ValueError(f"{name!r} is not a folder name; use letters, digits, '_', '.' and '-'")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        problems = []
+        fixed, search = self.model.fixed, self.search
+        knobs = SPACE_KNOBS.get(self.model.family)
+        for kind, given in (("ranges", search.ranges), ("grids", search.grids)):
+            for name in given:
+                if knobs is not None and name not in knobs[kind]:
+                    problems.append((("search", kind, name), f"not a {kind[:-1]} knob of family "
+                                                             f"{self.model.family!r}; use one of {list(knobs[kind])}"))
+                elif name in fixed:
+                    problems.append((("search", kind, name), f"{name} is also fixed in model.fixed; "
+                                                             f"remove it from one of them"))
+        if "variant" in search.grids and knobs is not None:
+            valid = VARIANTS.get(self.model.family, ())
+            bad = [v for v in search.grids["variant"] if v not in valid]
+            if bad:
+                problems.append((("search", "grids", "variant"), f"{bad} not valid for family "
+                                                                 f"{self.model.family!r}; use {list(valid)}"))
+        check = SPACE_CHECKS.get(self.model.family)
+        if check is not None and not problems:
+            try:
+                check(self.model.variants, search.ranges, search.grids, search.per_layer_lambda, fixed=fixed)
+            except ValueError as err:
+                hint = "" if ";" in str(err) else "; fix search.ranges, search.grids or model.fixed"
+                problems.append((("search",), f"{err}{hint}"))
+        _raise(problems)
+        return self
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> SweepConfig:
+        """Validate a dict; raises :class:`ConfigError` listing every problem (see the class docstring)."""
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as err:
+            raise ConfigError(_describe(err)) from None
+
+    def resolved_shards(self, base: Path | str) -> list[Path]:
+        """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder)."""
+        paths = [Path(s).expanduser() for s in self.data.shards]
+        return [(p if p.is_absolute() else Path(base) / p).resolve() for p in paths]
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"search.sampler": "tpe", "model.fixed.target": "arousal", ...}`` for MLflow params.
+
+        Nested mappings are flattened (an empty one stays as ``{}``); lists are kept as JSON-able lists.
+        """
+        flat: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for key, item in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), item)
+            else:
+                flat[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return flat
+
+    def with_overrides(self, dotted: Mapping[str, Any], families: Collection[str] | None = None) -> SweepConfig:
+        """A re-validated copy with ``{"search.num_samples": 2, "model.fixed.target": "valence", ...}`` applied.
+
+        Used by ``--smoke`` and ``--set``. A dotted key may end inside a free-form mapping (``model.fixed.*``,
+        ``data.protocol_options.*``); an unknown key fails as it would in the YAML.
+
+        Raises:
+            ConfigError: A key that walks through a value, or a result that does not validate.
+        """
+        data = copy.deepcopy(self.model_dump(mode="python"))
+        problems = []
+        for key, value in dotted.items():
+            parts = str(key).split(".")
+            node = data
+            for i, part in enumerate(parts[:-1]):
+                child = node.setdefault(part, {})
+                if not isinstance(child, dict):
+                    where = ".".join(parts[: i + 1])
+                    problems.append(f"{key}: {where} is a value, not a section; override {where} itself")
+                    break
+                node = child
+            else:
+                node[parts[-1]] = value
+        if problems:
+            raise ConfigError(problems, "(overrides)")
+        return type(self).model_validate(data, context=_context(families))
+
+
+def load_sweep_config(path: Path | str, families: Collection[str] | None = None) -> SweepConfig:
+    """Read a sweep YAML (``yaml.safe_load``) and validate it.
+
+    Args:
+        path: The YAML file. Relative shard paths in it resolve against its folder (:meth:`resolved_shards`).
+        families: Registered family names; default :data:`KNOWN_FAMILIES`.
+
+    Raises:
+        ConfigError: A missing or unreadable file, bad YAML, or an invalid config, with every problem listed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"(file): {path} does not exist; check the path"], str(path)) from None
+    except OSError as err:
+        raise ConfigError([f"(file): cannot read {path} ({err.strerror or err}); check the path"],
+                          str(path)) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError([f"(file): not valid YAML: {err}; fix the syntax"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"(top level): expected a mapping of sections (name, data, model, ...), got "
+                           f"{type(raw).__name__}; see configs/ for examples"], str(path))
+    try:
+        return SweepConfig.model_validate(raw, context=_context(families))
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(path)) from None
+
+
+def _context(families: Collection[str] | None) -> dict:
+    return {"families": tuple(families)} if families is not None else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _describe(err: ValidationError) -> list[str]:
+    """pydantic errors -> ``<dotted.field>: <what is wrong>; <fix>`` lines."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        ctx = e.get("ctx") or {}
+        cause = ctx.get("error")
+        if isinstance(cause, _Problems):
+            lines += [f"{_dotted(loc + sub)}: {msg}" for sub, msg in cause.items]
+            continue
+        lines.append(f"{_dotted(loc)}: {_what_and_fix(e, loc)}")
+    return lines
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(map(str, loc)) or "(top level)"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _what_and_fix(e: dict, loc: tuple) -> str:
+    kind, msg, ctx = e["type"], e["msg"], e.get("ctx") or {}
+    if kind == "value_error":
+        text = msg.removeprefix("Value error, ")
+        return text if ";" in text else f"{text}; fix the value"
+    if kind == "missing":
+        return "required but missing; add it (see configs/ for examples)"
+    if kind == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        hint = f"; valid keys here: {valid}" if valid else ""
+        return f"unknown key; remove it or fix its spelling{hint}"
+    got = f", got {_short(e.get('input'))}"
+    if kind == "literal_error":
+        return f"{msg}{got}; use one of those"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{msg}{got}; change the value"
+    if kind == "too_short":
+        return f"{msg}; give at least {ctx.get('min_length', 1)}"
+    if kind == "string_pattern_mismatch":
+        return f"{msg}{got}; use only letters, digits, '_', '.' and '-'"
+    return f"{msg}{got}; give a value of the right type"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the section at ``loc`` (for 'valid keys here'); empty when loc is not a section."""
+    model: type[BaseModel] = SweepConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -1,0 +1,248 @@
+"""The sweep driver end to end: real local Ray, real MLflow (sqlite), synthetic MSP-Podcast shards."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp_path: Path, shard_dir: Path, **overrides) -> Path:
+    cfg = {
+        "name": "t_sweep",
+        "data": {"shards": [str(shard_dir)], "protocol": "predefined", "targets": ["arousal", "valence", "dominance"]},
+        "model": {"family": "ladder", "variants": ["ladder_mtl"], "fixed": {"hidden": [32, 32]}},
+        "search": {"sampler": "tpe", "num_samples": 3, "max_concurrent": 2, "scheduler": "none",
+                   "metric": "val_ccc_arousal", "mode": "max", "seed": 0, "ranges": {"lr": [1e-3, 5e-3]}},
+        "train": {"max_epochs": 4, "patience": 4, "batch_size": 64},
+        "repeats": {"seeds": 2},
+        "resources": {"cpu": 1, "gpu": 0, "max_failures": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t_exp"},
+        "registry": {"model_name": "t-model", "alias": "candidate"},
+        "storage": {"path": str(tmp_path / "ray_results")},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *head, last = dotted.split(".")
+        for key in head:
+            node = node[key]
+        node[last] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture()
+def shard_dir(msp_functionals):
+    out, _ = msp_functionals
+    return out / "msp_podcast" / "functionals"
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"model.family": "transformer"}, "model.family"),
+    ({"model.fixed": {"alpha": 0.7, "beta": 0.5}}, "alpha + beta"),
+    ({"search.ranges": {"lr": [0.0, 0.1]}}, "lr"),
+    ({"data.shards": ["no/such/shards"]}, "data.shards"),
+    ({"search.num_samples": 0}, "search.num_samples"),
+    ({"search.metric": "test_ccc_arousal"}, "search.metric"),
+])
+def test_bad_configs_fail_before_ray_starts(tmp_path, shard_dir, override, field):
+    import ray
+
+    from cluster.sweep import run_sweep
+
+    path = write_config(tmp_path, shard_dir, **override)
+    with pytest.raises(ValueError) as err:
+        run_sweep(path)
+    assert field in str(err.value)
+    assert not ray.is_initialized()
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_trials_cannot_read_test_rows(tmp_path, shard_dir):
+    """What the driver ships to trials holds no test row and no test id, and test ids cannot be pickled."""
+    from cluster.sweep import build_search_data, prepare
+    from data_io.folds import LockboxError
+    from trainables.data import load_store
+
+    prep = prepare(write_config(tmp_path, shard_dir))
+    store = load_store(prep.shard_sets)
+    data = build_search_data(prep, store)
+    (fold,) = prep.folds
+    test_ids = set(fold.test.open("test: check the lockbox"))
+    assert test_ids and len(fold.test.accesses) == 1
+    shipped = set(data.store.meta["utt_id"].to_pylist())
+    assert shipped == set(fold.train_ids) | set(fold.val_ids)
+    assert not shipped & test_ids
+    assert data.store.num_rows < store.num_rows
+    blob = pickle.dumps(data)
+    assert not any(u.encode() in blob for u in test_ids)
+    with pytest.raises(LockboxError):
+        pickle.dumps(prep.folds)
+    with pytest.raises(KeyError):
+        data.store.rows([next(iter(test_ids))])
+
+
+def _mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def _children(client, role=None):
+    exp = client.get_experiment_by_name("t_exp")
+    query = "tags.`emotune.role` != 'sweep'" if role is None else f"tags.`emotune.role` = '{role}'"
+    return client.search_runs([exp.experiment_id], query, max_results=1000)
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(tmp_path, shard_dir, monkeypatch):
+    from cluster.promote import promote
+    from cluster.report import values_from_mlflow
+    from cluster.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, shard_dir, **{"model.variants": ["dnn_mtl", "ladder_mtl"],
+                                                 "search.num_samples": 4})
+    result = run_sweep(path)
+    client = _mlflow(tmp_path)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    search = _children(client, "search")
+    assert len(search) == 4 == result.search_trials
+    assert len({r.data.tags["ray_trial_id"] for r in search}) == 4
+    for run in search:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+        assert run.data.tags["data_manifest_hash"] == parent.data.tags["data_manifest_hash"]
+        assert run.data.params["family"] == "ladder" and "noise_var" in run.data.params
+        history = client.get_metric_history(run.info.run_id, "val_ccc_arousal")
+        assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 1
+    repeats = _children(client, "repeat")
+    assert len(repeats) == 2 * len(result.selected)  # 2 seeds per selected variant
+    # Test metrics live on the parent run only.
+    for run in _children(client):
+        assert not [k for k in run.data.metrics if "test" in k]
+    assert any(k.endswith("test_ccc_arousal") for k in parent.data.metrics)
+    assert "emotune.test_scored_at" in parent.data.tags
+    for key, sel in result.selected.items():
+        assert parent.data.tags[f"emotune.selected.{key}.trial_id"] == sel["trial_id"]
+    version = client.get_model_version_by_alias("t-model", "candidate")
+    assert str(version.version) == result.model_version
+    assert version.tags["data_manifest_hash"] == parent.data.tags["data_manifest_hash"]
+    assert "| ladder_mtl |" in result.table_markdown and "| dnn_mtl |" in result.table_markdown
+    values, targets = values_from_mlflow("t_exp", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert targets[:3] == ["arousal", "valence", "dominance"]
+    assert len(values["ladder_mtl"]["test_ccc_arousal"]) == 2
+
+    # The registered model loads and predicts three attributes from raw features.
+    import mlflow
+    import numpy as np
+
+    from data_io import shards
+
+    ss = shards.open_shards(shard_dir)
+    x = ss.stack(ss.metadata()["utt_id"].to_pylist()[:5])
+    model = mlflow.pytorch.load_model("models:/t-model@candidate")
+    import torch
+
+    assert tuple(model(torch.from_numpy(x)).shape) == (5, 3)
+    assert np.isfinite(model(torch.from_numpy(x)).detach().numpy()).all()
+
+    decision = promote("t-model", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert decision.promoted and str(client.get_model_version_by_alias("t-model", "champion").version) == str(version.version)
+
+    # Re-running a finished sweep changes nothing: no new runs, test not scored again.
+    again = run_sweep(path)
+    assert again.parent_run_id == result.parent_run_id
+    assert len(_children(client)) == len(search) + len(repeats)
+    assert client.get_run(result.parent_run_id).data.tags["emotune.test_scored_at"] == \
+        parent.data.tags["emotune.test_scored_at"]
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process of its session (Ray's agents outlive the driver otherwise)."""
+    sid = proc.pid
+    os.killpg(sid, signal.SIGKILL)
+    proc.wait()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(pid_dir.name)) == sid:
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_duplicates(tmp_path, shard_dir, monkeypatch):
+    from cluster.sweep import run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 6, "train.max_epochs": 12,
+                                                 "train.patience": 12})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "sweep", str(path), "--num-cpus", "2"],
+                            cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    client = None
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if (tmp_path / "mlflow.db").exists():
+                client = client or _mlflow(tmp_path)
+                try:
+                    finished = [r for r in _children(client, "search") if r.info.status == "FINISHED"]
+                except Exception:  # the experiment may not exist yet
+                    continue
+                if len(finished) >= 2:
+                    break
+        else:
+            pytest.fail("the sweep did not finish two trials in time")
+    finally:
+        _kill_session(proc)
+    before = {r.data.tags["ray_trial_id"] for r in _children(client, "search")}
+    assert 2 <= len(before) < 6 or len(before) == 6
+
+    result = run_sweep(path, num_cpus=2)
+    search = _children(client, "search")
+    ids = [r.data.tags["ray_trial_id"] for r in search]
+    assert result.search_trials == 6
+    assert len(ids) == len(set(ids)) == 6  # no duplicate child runs, none lost
+    assert before <= set(ids)
+    assert all(r.info.status == "FINISHED" for r in search)
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    exp = client.get_experiment_by_name("t_exp")
+    assert len(client.search_runs([exp.experiment_id], "tags.`emotune.role` = 'sweep'")) == 1
+
+
+@pytest.mark.slow
+def test_failed_trial_resumes_from_checkpoint_in_the_same_run(tmp_path, shard_dir, monkeypatch):
+    from cluster.sweep import run_sweep
+    from trainables.tune_entry import FAULT_ENV
+
+    monkeypatch.chdir(tmp_path)
+    markers = tmp_path / "faults"
+    monkeypatch.setenv(FAULT_ENV, f"{markers}:3")
+    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 2, "repeats.seeds": 1,
+                                                 "train.max_epochs": 5, "train.patience": 5})
+    result = run_sweep(path, num_cpus=2)
+    client = _mlflow(tmp_path)
+    search = _children(client, "search")
+    assert len(list(markers.glob("*.failed"))) >= 2  # every trial failed once
+    assert len(search) == 2 and result.search_trials == 2  # retried trials kept their run
+    for run in search:
+        assert run.info.status == "FINISHED"
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_ccc_arousal")}
+        assert steps == {1, 2, 3, 4, 5}  # resumed after the failure and reached the last epoch

@@ -1,0 +1,32 @@
+"""Session-wide synthetic data: every test package reuses one generated corpus set and one shard set."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep any Ray a test starts on 127.0.0.1
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def synth_corpora(tmp_path_factory):
+    """All synthetic layouts, small scale, seed 3: ``root/<layout>/...``."""
+    from data_io import synth
+
+    root = tmp_path_factory.mktemp("corpora")
+    for layout in synth.LAYOUTS:
+        synth.generate(layout, root / layout, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def msp_functionals(synth_corpora, tmp_path_factory):
+    """Functionals (and logmel) shards of the synthetic MSP-Podcast corpus: ``(shard_root, IngestSummary)``."""
+    from data_io.ingest import ingest
+
+    out = tmp_path_factory.mktemp("shards")
+    summary = ingest("msp_podcast", synth_corpora / "msp_podcast", out, ["functionals", "logmel"], shard_size=64)
+    return out, summary

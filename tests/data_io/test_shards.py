@@ -1,0 +1,285 @@
+"""Parquet shards and manifest: round trip, atomic writes, queries, and every ShardError case."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from data_io import shards
+from data_io.schema import EMOTION_VOCAB, METADATA_COLUMNS, SCHEMA_VERSION
+
+
+def make_rows(n: int, start: int = 0, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+    rng = np.random.default_rng(seed + start)
+    rows, feats = [], []
+    for i in range(start, start + n):
+        rows.append({
+            "utt_id": f"utt{i:04d}", "corpus": "toy", "speaker": f"spk{i % 3}",
+            "gender": None if i % 5 == 0 else ("F" if i % 2 else "M"),
+            "session": None if i % 4 == 0 else f"S{i % 2}", "split": "train" if i % 3 else "test",
+            "style": "acted", "emotion": None if i % 7 == 0 else ("happy" if i % 2 else "sad"),
+            "arousal": None if i % 6 == 0 else 1.0 + (i % 5), "valence": 2.5, "dominance": None,
+            "rater_hist": None if i % 2 else [float(i % 3)] * len(EMOTION_VOCAB),
+            "duration_s": 0.5 + i / 100,
+        })
+        feats.append(rng.standard_normal((3 + i % 4, 5)).astype(np.float32))
+    return rows, feats
+
+
+def write_set(folder: Path, parts: list[tuple[list[dict], list[np.ndarray]]], dtype: str = "float32",
+              config: dict | None = None, created: str = "2025-01-01T00:00:00Z") -> shards.Manifest:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, (rows, feats) in enumerate(parts):
+        table = shards.build_table(rows, feats, feature_dtype=dtype)
+        files.append(shards.write_shard(table, folder / f"part-{k:05d}.parquet"))
+    manifest = shards.Manifest(
+        schema_version=SCHEMA_VERSION, corpus="toy", feature_set=folder.name,
+        feature_config=config or {"n_mels": 5, "hop": 160}, librosa_version="0.11.0", label_scale=[1.0, 5.0],
+        feature_dtype=dtype, files=files, total_rows=sum(f["rows"] for f in files), created=created)
+    shards.write_manifest(folder, manifest)
+    return manifest
+
+
+@pytest.fixture
+def shard_dir(tmp_path: Path) -> tuple[Path, list[dict], list[np.ndarray]]:
+    a, b = make_rows(10, 0), make_rows(7, 10)
+    folder = tmp_path / "toy" / "logmel"
+    write_set(folder, [a, b])
+    return folder, a[0] + b[0], a[1] + b[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_round_trip_metadata_and_features(tmp_path: Path, dtype: str) -> None:
+    rows, feats = make_rows(12)
+    folder = tmp_path / "toy" / "fs"
+    write_set(folder, [(rows[:5], feats[:5]), (rows[5:], feats[5:])], dtype=dtype)
+    ss = shards.open_shards(folder, verify_checksums=True)
+    assert ss.num_rows == 12 and ss.manifest.feature_dtype == dtype
+
+    meta = ss.metadata()
+    assert shards.FEATURE_COLUMN not in meta.column_names
+    for col in METADATA_COLUMNS:
+        got = meta.column(col).to_pylist()
+        want = [r[col] for r in rows]
+        if col in ("arousal", "valence", "dominance", "duration_s"):
+            assert [g is None for g in got] == [w is None for w in want], col
+            assert np.allclose([g for g in got if g is not None], [w for w in want if w is not None]), col
+        else:
+            assert got == want, col
+    assert meta.column("n_frames").to_pylist() == [f.shape[0] for f in feats]
+
+    tol = 0 if dtype == "float32" else 2e-3
+    for got, want in zip(ss.features([r["utt_id"] for r in rows]), feats, strict=True):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+
+    meta_all, values, offsets, shapes = ss.read_all(threads=1)
+    assert values.dtype == np.float32 and values.flags.c_contiguous and offsets.dtype == np.int64
+    assert len(offsets) == 13 and shapes.shape == (12, 2)
+    assert meta_all.column("utt_id").to_pylist() == [r["utt_id"] for r in rows]
+    for i, want in enumerate(feats):
+        got = values[offsets[i]:offsets[i + 1]].reshape(shapes[i])
+        np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
+    _, values_mt, _, _ = ss.read_all(threads=2)
+    np.testing.assert_array_equal(values_mt, values)
+
+
+def test_schema_and_table_agree() -> None:
+    rows, feats = make_rows(3)
+    for dtype in shards.FEATURE_DTYPES:
+        table = shards.build_table(rows, feats, feature_dtype=dtype)
+        assert table.schema.equals(shards.shard_schema(dtype))
+        assert table.schema.names[: len(METADATA_COLUMNS)] == list(METADATA_COLUMNS)
+    with pytest.raises(ValueError, match="feature_dtype"):
+        shards.shard_schema("float64")
+
+
+def test_build_table_rejects_bad_rows() -> None:
+    rows, feats = make_rows(3)
+    with pytest.raises(ValueError, match="one feature per row"):
+        shards.build_table(rows, feats[:2])
+    bad = [dict(rows[0], extra=1), *rows[1:]]
+    with pytest.raises(ValueError, match="unexpected \\['extra'\\]"):
+        shards.build_table(bad, feats)
+    with pytest.raises(ValueError, match="'speaker' must not be null"):
+        shards.build_table([dict(rows[0], speaker=None)], feats[:1])
+    with pytest.raises(ValueError, match="same number of bins"):
+        shards.build_table(rows[:2], [feats[0], np.zeros((2, 9), np.float32)])
+
+
+def test_empty_shard_and_functionals(tmp_path: Path) -> None:
+    folder = tmp_path / "toy" / "functionals"
+    rows, _ = make_rows(4)
+    vecs = [np.arange(6, dtype=np.float32) + i for i in range(4)]  # 1-D: one frame per utterance
+    write_set(folder, [([], []), (rows, vecs)])
+    ss = shards.open_shards(folder)
+    stacked = ss.stack(["utt0003", "utt0001"])
+    np.testing.assert_array_equal(stacked, np.stack([vecs[3], vecs[1]]))
+    _, values, offsets, shapes = ss.read_all()
+    assert shapes.tolist() == [[1, 6]] * 4 and offsets[-1] == 24
+
+
+def test_stack_rejects_frame_features(shard_dir) -> None:
+    folder, rows, _ = shard_dir
+    ss = shards.open_shards(folder)
+    with pytest.raises(ValueError, match="one shape"):
+        ss.stack([rows[0]["utt_id"], rows[1]["utt_id"]])
+
+
+def test_atomic_write_leaves_no_temp_and_reader_ignores_strays(shard_dir) -> None:
+    folder, rows, _ = shard_dir
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
+    # A temp file a killed writer left behind: a valid Parquet file with other rows.
+    stray_rows, stray_feats = make_rows(2, 500)
+    pq.write_table(shards.build_table(stray_rows, stray_feats), folder / ".part-00002.parquet.tmp-1-abc")
+    ss = shards.open_shards(folder, verify_checksums=True)
+    assert ss.num_rows == len(rows)
+    assert ss.metadata(["utt_id"]).num_rows == len(rows)
+    assert ss.read_all()[0].num_rows == len(rows)
+    assert shards.list_feature_sets(folder.parent.parent, "toy") == ["logmel"]
+
+
+def test_failed_write_removes_temp(tmp_path: Path) -> None:
+    rows, feats = make_rows(2)
+    table = shards.build_table(rows, feats)
+    with pytest.raises(Exception):  # noqa: B017 - any pyarrow error for an unknown codec
+        shards.write_shard(table, tmp_path / "part-00000.parquet", compression="no-such-codec")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_projection_and_filters(shard_dir) -> None:
+    folder, rows, _ = shard_dir
+    ss = shards.open_shards(folder)
+    meta = ss.metadata(columns=["utt_id", "speaker"])
+    assert meta.column_names == ["utt_id", "speaker"]
+
+    got = ss.metadata(["utt_id"], filter={"speaker": "spk1"}).column("utt_id").to_pylist()
+    assert got == [r["utt_id"] for r in rows if r["speaker"] == "spk1"]
+    got = ss.metadata(["utt_id"], filter={"speaker": ["spk0", "spk2"], "split": "train"})
+    assert got.column("utt_id").to_pylist() == [
+        r["utt_id"] for r in rows if r["speaker"] in ("spk0", "spk2") and r["split"] == "train"]
+    got = ss.metadata(["utt_id"], filter={"emotion": None}).column("utt_id").to_pylist()
+    assert got == [r["utt_id"] for r in rows if r["emotion"] is None]
+    got = ss.metadata(["utt_id"], filter=pc.field("duration_s") > 0.65).column("utt_id").to_pylist()
+    assert got == [r["utt_id"] for r in rows if r["duration_s"] > 0.65]
+
+    with pytest.raises(ValueError, match="features"):
+        ss.metadata(["utt_id", "feature"])
+    with pytest.raises(ValueError, match="not a metadata column"):
+        ss.metadata(filter={"nope": 1})
+
+
+def test_features_order_and_unknown_id(shard_dir) -> None:
+    folder, rows, feats = shard_dir
+    ss = shards.open_shards(folder)
+    order = [15, 2, 11, 2, 0]
+    for got, i in zip(ss.features([rows[i]["utt_id"] for i in order]), order, strict=True):
+        np.testing.assert_array_equal(got, feats[i])
+    with pytest.raises(KeyError, match="utt9999"):
+        ss.features([rows[0]["utt_id"], "utt9999"])
+
+
+def test_missing_folder_and_manifest(tmp_path: Path) -> None:
+    with pytest.raises(shards.ShardError, match="emotune ingest") as err:
+        shards.open_shards(tmp_path / "nope")
+    assert "nope" in str(err.value)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(shards.ShardError, match="_manifest.json.*emotune ingest"):
+        shards.open_shards(tmp_path / "half")
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    path = folder / shards.MANIFEST_NAME
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    raw.pop("content_hash")
+    path.write_text(json.dumps(raw))
+
+
+def test_schema_version_mismatch(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    _edit_manifest(folder, schema_version=SCHEMA_VERSION + 1)
+    with pytest.raises(shards.ShardError) as err:
+        shards.open_shards(folder)
+    msg = str(err.value)
+    assert str(folder / "_manifest.json") in msg
+    assert f"schema version {SCHEMA_VERSION + 1}; this emotune reads version {SCHEMA_VERSION}" in msg
+    assert "fresh --out folder" in msg
+
+
+def test_missing_part(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    (folder / "part-00001.parquet").unlink()
+    with pytest.raises(shards.ShardError, match="part-00001.parquet"):
+        shards.open_shards(folder)
+
+
+def test_checksum_mismatch_only_with_verify(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    listed = shards.read_manifest(folder).files[0]
+    # Same rows, other feature values: schema and row count still agree, only the bytes differ.
+    rows, feats = make_rows(10, 0)
+    table = shards.build_table(rows, [f + 1 for f in feats])
+    info = shards.write_shard(table, folder / "part-00000.parquet")
+    shards.open_shards(folder)  # footers only: not detected
+    with pytest.raises(shards.ShardError) as err:
+        shards.open_shards(folder, verify_checksums=True)
+    msg = str(err.value)
+    assert "part-00000.parquet" in msg and info["sha256"] in msg and listed["sha256"] in msg
+
+
+def test_wrong_column_type(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    path = folder / "part-00001.parquet"
+    table = pq.read_table(path)
+    idx = table.schema.get_field_index("arousal")
+    table = table.set_column(idx, pa.field("arousal", pa.float64()), table.column(idx).cast(pa.float64()))
+    pq.write_table(table, path)
+    with pytest.raises(shards.ShardError) as err:
+        shards.open_shards(folder)
+    assert "part-00001.parquet" in str(err.value) and "'arousal'" in str(err.value)
+
+
+def test_missing_column(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    path = folder / "part-00000.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["style"]), path)
+    with pytest.raises(shards.ShardError, match="part-00000.parquet: column 'style'"):
+        shards.open_shards(folder)
+
+
+def test_content_hash(tmp_path: Path) -> None:
+    part = make_rows(5)
+    m1 = write_set(tmp_path / "a" / "fs", [part], created="2025-01-01T00:00:00Z")
+    m2 = write_set(tmp_path / "b" / "fs", [part], created="2026-06-30T12:00:00Z")
+    assert m1.content_hash == m2.content_hash  # same bytes, other time
+    rows, feats = part
+    m3 = write_set(tmp_path / "c" / "fs", [(rows, [f * 2 for f in feats])])
+    assert m3.content_hash != m1.content_hash  # a file changed
+    m4 = write_set(tmp_path / "d" / "fs", [part], config={"n_mels": 6, "hop": 160})
+    assert m4.content_hash != m1.content_hash  # the feature config changed
+    assert shards.open_shards(tmp_path / "a" / "fs").content_hash == m1.content_hash
+    raw = json.loads((tmp_path / "a" / "fs" / "_manifest.json").read_text())
+    assert raw["content_hash"] == m1.content_hash and list(raw) == sorted(raw)
+
+
+def test_manifest_round_trip_and_edit_detection(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    m = shards.read_manifest(folder)
+    shards.write_manifest(folder, dataclasses.replace(m, created="later"))
+    assert shards.read_manifest(folder).created == "later"
+    path = folder / "_manifest.json"
+    raw = json.loads(path.read_text())
+    raw["feature_config"]["n_mels"] = 99  # content_hash kept: the edit must be caught
+    path.write_text(json.dumps(raw))
+    with pytest.raises(shards.ShardError, match="edited"):
+        shards.read_manifest(folder)

@@ -1,0 +1,202 @@
+"""Evaluation metrics shared by every family (NumPy/SciPy), plus the CCC training loss (torch).
+
+Conventions: ``pred`` and ``target`` are 1-D arrays of equal length; class metrics take integer labels.
+Degenerate inputs are defined, never NaN: a correlation whose denominator is 0 (a constant series) is 0,
+because a constant prediction carries no information about the target's variation. Empty inputs raise
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+__all__ = ["ccc", "pearson_r", "unweighted_accuracy", "weighted_accuracy", "macro_f1", "confusion_matrix",
+           "eer", "welch_one_tailed", "ccc_loss"]
+
+
+def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred, dtype=np.float64).reshape(-1)
+    t = np.asarray(target, dtype=np.float64).reshape(-1)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target must have the same length, got {p.shape[0]} and {t.shape[0]}")
+    if p.size == 0:
+        raise ValueError("pred and target are empty; a metric needs at least one row")
+    return p, t
+
+
+def _labels(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred).reshape(-1)
+    t = np.asarray(target).reshape(-1)
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target must have the same length, got {p.shape[0]} and {t.shape[0]}")
+    if p.size == 0:
+        raise ValueError("pred and target are empty; a metric needs at least one row")
+    return p.astype(np.int64), t.astype(np.int64)
+
+
+# ---- regression --------------------------------------------------------------------------------------------
+
+def ccc(pred, target) -> float:
+    """Lin's concordance correlation coefficient, with population (1/N) moments.
+
+    ``CCC = 2 cov(p, t) / (var(p) + var(t) + (mean(p) - mean(t))^2)``. The denominator is 0 only when both
+    series are constant and equal; CCC is then defined as 0 (no variation to agree on), like any constant
+    prediction against a varying target, whose covariance is 0.
+
+    Returns:
+        CCC in [-1, 1].
+    """
+    p, t = _pair(pred, target)
+    mp, mt = p.mean(), t.mean()
+    cov = np.mean((p - mp) * (t - mt))
+    denom = p.var() + t.var() + (mp - mt) ** 2
+    return float(2.0 * cov / denom) if denom > 0 else 0.0
+
+
+def pearson_r(pred, target) -> float:
+    """Pearson correlation ``r = cov(p, t) / (std(p) std(t))``; 0 when either series is constant.
+
+    Returns:
+        r in [-1, 1].
+    """
+    p, t = _pair(pred, target)
+    dp, dt = p - p.mean(), t - t.mean()
+    denom = np.sqrt(np.sum(dp * dp) * np.sum(dt * dt))
+    return float(np.clip(np.sum(dp * dt) / denom, -1.0, 1.0)) if denom > 0 else 0.0
+
+
+# ---- classification ----------------------------------------------------------------------------------------
+
+def confusion_matrix(pred, target, n_classes: int) -> np.ndarray:
+    """Counts ``M[i, j]`` of rows whose true class is ``i`` and predicted class is ``j`` (rows: truth).
+
+    Raises:
+        ValueError: A label outside ``[0, n_classes)``.
+    """
+    p, t = _labels(pred, target)
+    for name, arr in (("pred", p), ("target", t)):
+        if arr.min() < 0 or arr.max() >= n_classes:
+            raise ValueError(f"{name} labels must lie in [0, {n_classes}), "
+                             f"got range [{arr.min()}, {arr.max()}]")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def weighted_accuracy(pred, target) -> float:
+    """WA = accuracy = ``(1/N) sum_n [pred_n == target_n]`` (classes weighted by their frequency)."""
+    p, t = _labels(pred, target)
+    return float(np.mean(p == t))
+
+
+def unweighted_accuracy(pred, target) -> float:
+    """UA = macro recall ``(1/|K|) sum_{k in K} TP_k / N_k`` over the classes ``K`` present in ``target``.
+
+    Classes absent from ``target`` have no recall and are left out (they would otherwise count as 0 or 1).
+    """
+    p, t = _labels(pred, target)
+    classes = np.unique(t)
+    return float(np.mean([np.mean(p[t == k] == k) for k in classes]))
+
+
+def macro_f1(pred, target) -> float:
+    """Macro F1 ``(1/|K|) sum_k 2 TP_k / (2 TP_k + FP_k + FN_k)`` over the classes in ``pred`` or ``target``.
+
+    A class that is predicted but never true (or true but never predicted) has F1 = 0, as in scikit-learn.
+    """
+    p, t = _labels(pred, target)
+    scores = []
+    for k in np.union1d(p, t):
+        tp = np.sum((p == k) & (t == k))
+        fp = np.sum((p == k) & (t != k))
+        fn = np.sum((p != k) & (t == k))
+        scores.append(2.0 * tp / (2.0 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+# ---- speaker verification ----------------------------------------------------------------------------------
+
+def eer(scores, labels) -> float:
+    """Equal error rate of verification trials: the rate where false acceptance equals false rejection.
+
+    Accepting trials with score >= threshold, ``FAR(th) = #{non-target >= th} / N_non`` and
+    ``FRR(th) = #{target < th} / N_target``. Sweeping the threshold down through the distinct scores gives a
+    piecewise-linear (FAR, FRR) curve from (0, 1) to (1, 0); the EER is where it crosses FAR = FRR, linearly
+    interpolated between the two operating points around the crossing.
+
+    Args:
+        scores: (N,) trial scores, higher = more likely the same speaker.
+        labels: (N,) 1 for a target (same-speaker) trial, 0 for a non-target trial.
+
+    Raises:
+        ValueError: Labels other than 0/1, or no trial of one kind.
+    """
+    s, y = _pair(scores, labels)
+    if not np.all((y == 0) | (y == 1)):
+        raise ValueError(f"labels must be 0 or 1, got values {np.unique(y)[:5]}")
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"EER needs target and non-target trials, got {n_pos} target and {n_neg} non-target")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    # Operating points: accept the top k trials, cutting only between distinct scores (ties move together).
+    cut = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tp = np.r_[0.0, np.cumsum(y)[cut]]
+    fp = np.r_[0.0, np.cumsum(1.0 - y)[cut]]
+    far, frr = fp / n_neg, 1.0 - tp / n_pos
+    d = frr - far  # decreasing from 1 to -1
+    i = int(np.argmax(d <= 0))
+    if d[i] == 0 or i == 0:
+        return float(far[i])
+    w = d[i - 1] / (d[i - 1] - d[i])
+    return float(far[i - 1] + w * (far[i] - far[i - 1]))
+
+
+# ---- significance ------------------------------------------------------------------------------------------
+
+def welch_one_tailed(a, b) -> tuple[float, float]:
+    """One-tailed Welch t-test of ``mean(a) > mean(b)`` (unequal variances), as in the ladder paper's Table 1.
+
+    ``t = (mean(a) - mean(b)) / sqrt(s_a^2 / n_a + s_b^2 / n_b)`` with sample variances (ddof 1) and
+    Welch-Satterthwaite degrees of freedom; ``p = P(T_df >= t)``.
+
+    Returns:
+        ``(t, p)``; a variant beats the baseline when ``p < 0.05``.
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"Welch's t-test needs at least 2 values per group, got {a.size} and {b.size}")
+    res = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    return float(res.statistic), float(res.pvalue)
+
+
+# ---- training loss -----------------------------------------------------------------------------------------
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+             eps: float = 1e-8) -> torch.Tensor:
+    """``1 - CCC(pred, target)`` over the rows where ``mask`` is True (Trigeorgis et al.'s training loss).
+
+    Population moments as in :func:`ccc`. The denominator is clamped at ``eps`` so both series constant gives
+    CCC 0 (loss 1) with finite gradients, matching :func:`ccc`.
+
+    Args:
+        pred: (B,) predictions.
+        target: (B,) labels (values under a False mask are ignored, whatever they are).
+        mask: (B,) bool, True where the row has a label; None means all rows.
+        eps: Floor of the denominator.
+
+    Returns:
+        Scalar loss in [0, 2]. With fewer than 2 labelled rows CCC is undefined; the loss is then a 0 that is
+        still attached to ``pred``'s graph, so ``backward`` runs and gives zero gradients.
+    """
+    pred, target = pred.reshape(-1), target.reshape(-1).to(pred.dtype)
+    if mask is not None:
+        mask = mask.reshape(-1).bool()
+        pred, target = pred[mask], target[mask]
+    if pred.numel() < 2:
+        return pred.sum() * 0.0
+    mp, mt = pred.mean(), target.mean()
+    cov = ((pred - mp) * (target - mt)).mean()
+    denom = pred.var(unbiased=False) + target.var(unbiased=False) + (mp - mt) ** 2
+    return 1.0 - 2.0 * cov / denom.clamp_min(eps)

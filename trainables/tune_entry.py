@@ -1,0 +1,68 @@
+"""The Ray Tune function trainable: the only place where training meets Ray (STYLE.md 6).
+
+It sets torch threads to the CPUs the trial was given (Ray only sets OMP_NUM_THREADS, and only when unset; notes
+3), picks CUDA when the trial holds a GPU (Ray narrows CUDA_VISIBLE_DEVICES, so the GPU is ``cuda:0``), resumes
+from the trial's checkpoint after a failure, and turns the loop's ``report(metrics, state)`` into
+``tune.report`` with a ``tune.Checkpoint`` whenever the validation objective improved.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from trainables.data import SearchData
+from trainables.loop import run_trial
+
+STATE_FILE = "state.pt"
+# Test hook for the fault-tolerance tests: "<marker dir>:<epoch>" makes each trial raise once at that epoch.
+FAULT_ENV = "EMOTUNE_FAIL_ONCE_AT_EPOCH"
+
+
+def load_state(checkpoint_dir: str | Path) -> dict:
+    """A checkpoint's training state (plain tensors and numbers only: ``weights_only=True``)."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    marker_dir, _, at = spec.rpartition(":")
+    marker = Path(marker_dir) / f"{trial_id}.failed"
+    if epoch == int(at) and not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"injected failure at epoch {epoch} ({FAULT_ENV})")
+
+
+def tune_trainable(config: dict, data: SearchData) -> None:
+    """Ray Tune function trainable. ``config`` is a flat trial config; repeat runs nest it under ``repeat``."""
+    import ray
+    from ray import tune
+
+    config = config.get("repeat", config)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    trial_id = tune.get_context().get_trial_id()
+
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume_state = load_state(d)
+
+    def report(metrics: dict, state: dict | None) -> None:
+        _maybe_inject_fault(trial_id, int(metrics["epoch"]))
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_trial(config, data, report, resume_state=resume_state, device=device)
