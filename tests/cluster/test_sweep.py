@@ -159,7 +159,8 @@ def test_sweep_end_to_end(tmp_path, shard_dir, monkeypatch):
     assert np.isfinite(model(torch.from_numpy(x)).detach().numpy()).all()
 
     decision = promote("t-model", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert decision.promoted and str(client.get_model_version_by_alias("t-model", "champion").version) == str(version.version)
+    assert decision.promoted
+    assert str(client.get_model_version_by_alias("t-model", "champion").version) == str(version.version)
 
     # Re-running a finished sweep changes nothing: no new runs, test not scored again.
     again = run_sweep(path)
