@@ -22,7 +22,6 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,18 +39,21 @@ FEATURE_DTYPES = ("float32", "float16")
 FEATURE_COLUMN = "feature"
 SHAPE_COLUMNS = ("n_frames", "n_bins")
 
-# Codec of every column. Measured with read_all on one core (taskset), files in the page cache, pyarrow 25,
-# 2000 rows x (300 frames x 64 log-mel bins) float32 = 154 MB of payload in 8 parts:
-#   codec    size    read_all      (np.load of the same array: ~3000 MB/s)
-#   none     1.00x   ~550 MB/s
-#   lz4      1.00x   ~375 MB/s
-#   snappy   1.00x   ~370 MB/s
-#   zstd     0.88x   ~270 MB/s
-# Log-mel floats have near-random mantissas: lz4/snappy save nothing, zstd 12 %, and every codec costs read
-# speed. Shards are read once per node per sweep and disk is cheap, so features go uncompressed.
+# Codec of every column. Measured with read_all on one core (taskset, quiet box, best of 7), files in the page
+# cache, pyarrow 25, 2000 rows x (300 frames x 64 log-mel bins) = 154 MB of float32 payload in 8 parts:
+#   codec    size    read_all (MB/s of float32 output)
+#   none     1.00x   500-640       np.load of the same array: 2200-2500 MB/s
+#   lz4      1.00x   460-490
+#   snappy   1.00x   490-520
+#   zstd     0.88x   310-350       (float16 storage: none 0.50x at ~480 MB/s, zstd 0.40x at ~380 MB/s)
+# Log-mel floats have near-random mantissas: lz4/snappy save nothing and zstd 12 % at a third slower reads.
+# Shards are read once per node per sweep and disk is cheap, so features go uncompressed. What bounds the
+# read is Arrow rebuilding list offsets from Parquet's per-value repetition levels (the same bytes stored as
+# one binary blob per row read at ~2.7 GB/s), the price of a self-describing list<float> column.
 COMPRESSION = "none"
-# Feature payload per row group. 2-8 MiB groups read ~15 % faster than whole-file groups (the decoded group
-# stays in cache while it is copied into place) and let features() of a few ids decode little extra.
+# Feature payload per row group: 1-8 MiB groups read as fast as or faster than bigger ones (~500-550 vs
+# ~420-470 MB/s; the decoded group stays in cache while it is copied into place) and keep features() of a
+# few ids from decoding a whole part.
 ROW_GROUP_BYTES = 8 * 2**20
 
 _STRING_COLUMNS = ("utt_id", "corpus", "speaker", "gender", "session", "split", "style", "emotion")
@@ -76,7 +78,7 @@ def shard_schema(feature_dtype: str) -> pa.Schema:
     """
     if feature_dtype not in FEATURE_DTYPES:
         raise ValueError(f"feature_dtype must be one of {FEATURE_DTYPES}, got {feature_dtype!r}")
-    # Items are non-null: Parquet then stores no definition level per value, which reads ~15 % faster.
+    # Items are non-null: Parquet then stores no definition level per value (measured 15-60 % faster reads).
     item = pa.field("item", pa.float32() if feature_dtype == "float32" else pa.float16(), nullable=False)
     return pa.schema([
         *(pa.field(c, pa.string(), nullable=c not in _NON_NULL) for c in _STRING_COLUMNS),
@@ -476,12 +478,11 @@ class ShardSet:
                                  f"{mats[0].shape}, {u!r} is {m.shape}. Use .features() for frame features.")
         return np.stack([m.reshape(-1) for m in mats])
 
-    def read_all(self, threads: int | None = None) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
-        """Decode every row once (the sweep driver's bulk load).
+    def read_all(self) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+        """Decode every row once (the sweep driver's bulk load), on the calling thread.
 
-        Args:
-            threads: Parts decoded in parallel (Parquet decoding releases the GIL); default
-                ``min(parts, CPUs, 8)``; 1 decodes on the calling thread only.
+        Decoding parts on 2 threads was measured no faster than on one (first touches of the shared output
+        buffer serialise on page faults), so there is no thread pool.
 
         Returns:
             ``(meta, values, offsets, shapes)``: ``meta`` the metadata table (no feature column) in shard
@@ -502,15 +503,14 @@ class ShardSet:
         np.cumsum(shapes[:, 0] * shapes[:, 1], out=offsets[1:])
         # One preallocated buffer: each decoded row group is viewed zero-copy through its Arrow buffer and
         # copied once into its place (float16 widened in the same pass); peak memory is the result plus one
-        # row group per thread, and the result is one array Ray can share zero-copy.
+        # row group, and the result is one array Ray can share zero-copy.
         values = np.empty(int(offsets[-1]), dtype=np.float32)
         first_row = np.cumsum([0] + [m.num_rows for m in metas])
-
-        def decode(k: int) -> None:
+        for k, pf in enumerate(files):
             start, end = int(offsets[first_row[k]]), int(offsets[first_row[k + 1]])
             pos = start
-            for g in range(files[k].num_row_groups):
-                col = files[k].read_row_group(g, columns=[FEATURE_COLUMN], use_threads=False).column(0)
+            for g in range(pf.num_row_groups):
+                col = pf.read_row_group(g, columns=[FEATURE_COLUMN], use_threads=False).column(0)
                 for chunk in col.chunks:
                     flat = chunk.flatten().to_numpy(zero_copy_only=True)
                     if pos + len(flat) <= end:
@@ -520,14 +520,6 @@ class ShardSet:
                 raise ShardError(f"{self._paths[k]}: the feature column holds {pos - start} values but "
                                  f"n_frames * n_bins promise {end - start}, so the file is damaged. Re-run "
                                  f"`emotune ingest` into a fresh --out folder.")
-
-        n_threads = threads or min(len(files), os.cpu_count() or 1, 8)
-        if n_threads <= 1:
-            for k in range(len(files)):
-                decode(k)
-        else:
-            with ThreadPoolExecutor(n_threads) as pool:
-                list(pool.map(decode, range(len(files))))
         return meta, values, offsets, shapes
 
 

@@ -13,6 +13,7 @@ State (what a checkpoint holds) is plain tensors, numbers and strings, so it loa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -198,10 +199,11 @@ class FoldRun:
         return float(np.mean(losses)) if losses else math.nan
 
     def state(self) -> dict:
-        return {"name": self.name, "model": self.model.state_dict(),
+        """A snapshot (deep copy): ``state_dict`` tensors are live and the next step would change them."""
+        return copy.deepcopy({"name": self.name, "model": self.model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
-                "generator": self.generator.get_state(), "epoch": self.model.epoch}
+                "generator": self.generator.get_state(), "epoch": self.model.epoch})
 
     def load_state(self, state: Mapping) -> None:
         self.model.load_state_dict(state["model"])

@@ -81,15 +81,13 @@ def test_round_trip_metadata_and_features(tmp_path: Path, dtype: str) -> None:
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
 
-    meta_all, values, offsets, shapes = ss.read_all(threads=1)
+    meta_all, values, offsets, shapes = ss.read_all()
     assert values.dtype == np.float32 and values.flags.c_contiguous and offsets.dtype == np.int64
     assert len(offsets) == 13 and shapes.shape == (12, 2)
     assert meta_all.column("utt_id").to_pylist() == [r["utt_id"] for r in rows]
     for i, want in enumerate(feats):
         got = values[offsets[i]:offsets[i + 1]].reshape(shapes[i])
         np.testing.assert_allclose(got, want, atol=tol, rtol=tol)
-    _, values_mt, _, _ = ss.read_all(threads=2)
-    np.testing.assert_array_equal(values_mt, values)
 
 
 def test_schema_and_table_agree() -> None:

@@ -1,0 +1,85 @@
+"""The promotion gate and the paper-style table, without a sweep (registry versions made directly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cluster.promote import promote
+from cluster.report import format_table
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("m")
+
+    def add(score: float, data: str = "hash-a", metric: str = "val_ccc_arousal", mode: str = "max") -> str:
+        v = client.create_model_version("m", source=str(tmp_path / "artifacts"))
+        for k, val in {"val_score": repr(score), "data_manifest_hash": data, "val_metric": metric,
+                       "val_mode": mode}.items():
+            client.set_model_version_tag("m", v.version, k, val)
+        client.set_registered_model_alias("m", "candidate", v.version)
+        return str(v.version)
+
+    return uri, client, add
+
+
+def _champion(client) -> str:
+    return str(client.get_model_version_by_alias("m", "champion").version)
+
+
+def test_first_candidate_becomes_champion_then_only_better_ones(registry):
+    uri, client, add = registry
+    v1 = add(0.60)
+    assert promote("m", uri).promoted and _champion(client) == v1
+    add(0.55)
+    decision = promote("m", uri)
+    assert not decision.promoted and "does not beat" in decision.message and _champion(client) == v1
+    v3 = add(0.65)
+    decision = promote("m", uri)
+    assert decision.promoted and _champion(client) == v3
+    assert "already champion" in promote("m", uri).message
+
+
+def test_scores_on_other_data_or_metric_are_not_compared(registry):
+    uri, client, add = registry
+    v1 = add(0.60)
+    promote("m", uri)
+    add(0.90, data="hash-b")
+    decision = promote("m", uri)
+    assert not decision.promoted and "different data" in decision.message and _champion(client) == v1
+    add(0.90, metric="val_ccc_valence")
+    decision = promote("m", uri)
+    assert not decision.promoted and "not comparable" in decision.message
+
+
+def test_min_mode_and_missing_model(registry):
+    uri, client, add = registry
+    add(0.40, mode="min", metric="val_loss")
+    promote("m", uri)
+    v2 = add(0.30, mode="min", metric="val_loss")
+    assert promote("m", uri).promoted and _champion(client) == v2
+    with pytest.raises(ValueError, match="no registered model 'nope'"):
+        promote("nope", uri)
+
+
+def test_table_marks_significant_improvements_over_the_baseline():
+    rng = np.random.default_rng(0)
+    values = {
+        "dnn_mtl": {"val_ccc_arousal": list(0.70 + 0.005 * rng.standard_normal(10)),
+                    "test_ccc_arousal": list(0.60 + 0.005 * rng.standard_normal(10))},
+        "ladder_mtl": {"val_ccc_arousal": list(0.75 + 0.005 * rng.standard_normal(10)),   # clearly better
+                       "test_ccc_arousal": list(0.60 + 0.005 * rng.standard_normal(10))},  # same
+    }
+    md, csv_text = format_table(values, ["arousal"], baseline="dnn_mtl")
+    row = next(line for line in md.splitlines() if line.startswith("| ladder_mtl"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "ladder_mtl" and cells[1] == "10"
+    assert cells[2].startswith("0.75") and cells[2].endswith("*")      # val: significant
+    assert not cells[3].endswith("*")                                   # test: not significant
+    assert "dnn_mtl" in csv_text and "Welch" in md
+    with pytest.raises(ValueError, match="baseline"):
+        format_table(values, ["arousal"], baseline="nope")

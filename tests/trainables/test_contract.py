@@ -1,0 +1,80 @@
+"""One contract suite over every registered family (STYLE.md 9): a table row per family drives it all."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from searchspace.schema import VARIANTS
+from trainables.base import DataSpec
+from trainables.loop import split_config
+from trainables.registry import FAMILIES
+
+# family -> (tiny config fields, input shape, targets). A family missing here fails test_table_matches_registry.
+FAMILY_CASES = {
+    "ladder": ({"hidden": (16, 16)}, (24,), ("arousal", "valence", "dominance")),
+}
+
+CASES = [(name, variant) for name in FAMILY_CASES for variant in VARIANTS[name]]
+
+
+def test_table_matches_registry():
+    assert set(FAMILY_CASES) == set(FAMILIES)
+
+
+def _batch(spec: DataSpec, n: int = 8) -> dict:
+    g = torch.Generator().manual_seed(0)
+    batch = {"x": torch.randn((n, *spec.input_shape), generator=g), "utt_index": torch.arange(n)}
+    for t in spec.targets:
+        if t in ("arousal", "valence", "dominance"):
+            batch[t] = torch.rand(n, generator=g) * 2 - 1
+        else:
+            batch[t] = torch.randint(0, spec.n_classes[t], (n,), generator=g)
+        batch[f"{t}_mask"] = torch.ones(n, dtype=torch.bool)
+    return batch
+
+
+@pytest.mark.parametrize("family_name, variant", CASES)
+def test_model_contract(family_name, variant):
+    family = FAMILIES[family_name]
+    fields, shape, targets = FAMILY_CASES[family_name]
+    spec = DataSpec(input_shape=shape, targets=targets)
+    torch.manual_seed(0)
+    model = family.model_cls(family.config_cls(variant=variant, **fields), spec)
+    batch = _batch(spec)
+    model.set_epoch(0)
+    model.train()
+    loss, logs = model.loss(batch)
+    assert loss.dim() == 0 and math.isfinite(float(loss.detach())) and all(math.isfinite(v) for v in logs.values())
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    optimizers = model.configure_optimizers()
+    logs = model.training_step(batch, optimizers)
+    assert math.isfinite(logs["loss"])
+    model.eval()
+    out = model.predict(batch)
+    assert out and set(out) <= set(targets)
+    for t, y in out.items():
+        assert y.shape == (8,) and torch.isfinite(y).all(), t
+    exported = model(batch["x"])
+    assert exported.shape == (8, len(out))
+    assert model.example_input().shape == (2, *shape)
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILY_CASES))
+def test_space_yields_valid_configs(family_name):
+    family = FAMILIES[family_name]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(25):
+        params = family.space(study.ask(), variants=VARIANTS[family_name])
+        model_kwargs, _ = split_config({"family": family_name, **params}, family)
+        family.config_cls(**model_kwargs)  # raises on an invalid combination
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILY_CASES))
+def test_unknown_config_keys_are_rejected(family_name):
+    with pytest.raises(ValueError, match="not_a_field"):
+        split_config({"family": family_name, "not_a_field": 1}, FAMILIES[family_name])
