@@ -120,6 +120,8 @@ def values_from_mlflow(experiment: str, tracking_uri: str) -> tuple[dict, list[s
             if not dot or not column.startswith(("val_", "test_")):
                 continue
             target = column.split("_", 2)[-1]
+            if target == "mean":  # val_ccc_mean is the MTL objective, not a target of its own
+                continue
             if target not in targets:
                 targets.append(target)
             targeted = objective.endswith(f"_{target}")

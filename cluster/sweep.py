@@ -282,13 +282,15 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
 
 def build_search_data(prep: Prepared, store):
     """What trials receive: the rows some fold trains or validates on, and the folds' search views only."""
+    from data_io.datasets import resolve_classes
     from trainables.data import SearchData
 
     cfg = prep.cfg
     search_ids = sorted({u for f in prep.folds for u in (*f.train_ids, *f.val_ids)})
+    # Class lists come from every row of the sweep, so class indices agree across folds.
+    classes = resolve_classes(store.meta, tuple(cfg.data.targets), _classes(cfg), dict(cfg.data.emotion_merge))
     return SearchData(store=store.subset(search_ids), folds=[f.for_search() for f in prep.folds],
-                      targets=tuple(cfg.data.targets), classes=_classes(cfg),
-                      emotion_merge=dict(cfg.data.emotion_merge))
+                      targets=tuple(cfg.data.targets), classes=classes, emotion_merge=dict(cfg.data.emotion_merge))
 
 
 def _classes(cfg) -> dict:
@@ -473,7 +475,7 @@ def score_test_once(prep: Prepared, store, repeats: list[dict], client, parent_i
         if rep["checkpoint"] is None:
             continue
         state = load_state(rep["checkpoint"])
-        scores[rep["trial_id"]] = evaluate_state(state, test_store, test_ids, tuple(cfg.data.targets), _classes(cfg),
+        scores[rep["trial_id"]] = evaluate_state(state, test_store, test_ids, tuple(cfg.data.targets),
                                                  dict(cfg.data.emotion_merge), "test")
     # Test metrics go to the parent run only: per variant, one point per seed (step = seed), next to the same
     # repeat's validation metrics at its best epoch (what `emotune report` tabulates).

@@ -325,11 +325,13 @@ def model_from_state(state: Mapping, fold_index: int = 0) -> tuple[SERModel, dic
 
 
 def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]], targets: tuple[str, ...],
-                   classes: Mapping, merge: Mapping, prefix: str) -> dict[str, float]:
+                   merge: Mapping, prefix: str) -> dict[str, float]:
     """Score a checkpoint state's fold models on the given rows of each fold (mean over folds).
 
     Used by the driver for test scoring: ``fold_ids[k]`` are fold k's test ids, read from its lockbox once.
+    Class targets are encoded with the class lists the models were trained with (saved in the state).
     """
+    classes = state.get("classes", {})
     family = get_family(state["config"]["family"])
     model_kwargs, loop = split_config(state["config"], family)
     frames = getattr(family.config_cls(**model_kwargs), "frames", None)
