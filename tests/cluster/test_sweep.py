@@ -192,23 +192,22 @@ def test_killed_sweep_resumes_without_duplicates(tmp_path, shard_dir, monkeypatc
     monkeypatch.chdir(tmp_path)
     path = write_config(tmp_path, shard_dir, **{"search.num_samples": 6, "train.max_epochs": 12,
                                                  "train.patience": 12})
+    # Create the MLflow schema before the driver starts: two processes migrating one new sqlite file race.
+    client = _mlflow(tmp_path)
+    client.search_experiments()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "sweep", str(path), "--num-cpus", "2"],
                             cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    client = None
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
             time.sleep(0.5)
-            if (tmp_path / "mlflow.db").exists():
-                client = client or _mlflow(tmp_path)
-                try:
-                    finished = [r for r in _children(client, "search") if r.info.status == "FINISHED"]
-                except Exception:  # the experiment may not exist yet
-                    continue
-                if len(finished) >= 2:
-                    break
+            if client.get_experiment_by_name("t_exp") is None:
+                continue
+            finished = [r for r in _children(client, "search") if r.info.status == "FINISHED"]
+            if len(finished) >= 2:
+                break
         else:
             pytest.fail("the sweep did not finish two trials in time")
     finally:
