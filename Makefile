@@ -38,6 +38,7 @@ mlflow-ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/sweep_overhead.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache
