@@ -14,12 +14,15 @@ Ray storage path.
    ``SearchData`` built as ``cluster.sweep.build_search_data`` builds it.
 
 Printed: the phases, the search-phase share of the total, the bare time, ``search / bare`` (the overhead ratio;
-target <= 1.15 for trials of >= 20 s) and the per-trial fixed cost ``(search - bare) / N``. The total is also set
-against the bare time of the work it contains (the N search trials plus the repeat of the selected config,
-which has the same config and seed as one search trial). No number is asserted. Usage::
+target <= 1.15 for trials of >= 20 s) and the per-trial fixed cost ``(search - bare) / N``, split on the driver's
+clock (trial start/complete hooks) into search set-up, gaps between trials, teardown and time inside trials, and
+inside trials (Tune's ``time_this_iter_s`` against the bare loop's epoch times) into first and later epochs. The
+total is also set against the bare time of the work it contains (the N search trials plus the repeat of the
+selected config, which has the same config and seed as one search trial). No number is asserted. Usage::
 
-    .venv/bin/python benchmarks/sweep_overhead.py            # full: 4 trials of >= 20 s each (~7 min)
-    .venv/bin/python benchmarks/sweep_overhead.py --smoke    # 2 tiny trials, < 60 s
+    .venv/bin/python benchmarks/sweep_overhead.py                  # full: 4 trials of >= 20 s each (~7 min)
+    .venv/bin/python benchmarks/sweep_overhead.py --smoke          # 2 tiny trials (~50-65 s on 2 cores)
+    .venv/bin/python benchmarks/sweep_overhead.py --reuse-actors   # what-if: Tune reuses trial actors
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from cluster import ray_runtime  # noqa: F401  (first: Ray must bind to 127.0.0.1, set before ray is imported)
@@ -47,13 +53,21 @@ FULL = {"trials": 4, "epochs": 24, "hidden": "256,256", "batch_size": 64, "scale
 SMOKE = {"trials": 2, "epochs": 2, "hidden": "32,32", "batch_size": 64, "scale": "small"}
 
 
-def make_shards(work: Path, scale: str) -> Path:
-    """Generate the synthetic MSP-Podcast corpus and ingest functionals in-process; return the shard folder."""
+def make_shards(work: Path, scale: str, workers: int) -> Path:
+    """Generate the synthetic MSP-Podcast corpus and ingest functionals; return the shard folder.
+
+    Set-up only (not measured), so ingestion runs its chunks on ``workers`` processes.
+    """
     from data_io import synth
     from data_io.ingest import ingest
 
     info = synth.generate("msp_podcast", work / "corpus", scale=scale)
-    ingest("msp_podcast", Path(info["corpus_dir"]), work / "shards", ["functionals"])
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        def map_unordered(func, args_list):
+            return (f.result() for f in as_completed([pool.submit(func, *args) for args in args_list]))
+
+        ingest("msp_podcast", Path(info["corpus_dir"]), work / "shards", ["functionals"],
+               map_unordered=map_unordered if workers > 1 else None)
     return work / "shards" / "msp_podcast" / "functionals"
 
 
@@ -79,13 +93,31 @@ def write_config(work: Path, shard_dir: Path, trials: int, epochs: int, hidden: 
     return path
 
 
-@contextmanager
-def timed_phases(phases: dict[str, float], callbacks: dict[str, list[float]]):
-    """Wrap the driver's phase functions with timers (module attributes, looked up by run_sweep at call time).
+@dataclass
+class Timings:
+    """What the wrappers record in the driver process (``time.perf_counter`` clock).
 
-    ``phases`` gets seconds per phase; ``callbacks`` gets ``[calls, seconds]`` per MLflow callback method and phase
-    (the callback runs in Tune's controller loop, and a function trainable waits for that loop after every
-    report, so its time lands inside the trials).
+    Attributes:
+        phases: Seconds per phase of ``run_sweep``.
+        spans: ``(start, end)`` per phase.
+        callbacks: ``[calls, seconds]`` per ``"<phase>: MLflow <method>"`` (the MLflow callback runs in Tune's
+            controller loop, and a function trainable waits for that loop after every report).
+        events: ``(phase, method, trial_id, time)`` of every trial start and completion.
+    """
+
+    phases: dict[str, float] = field(default_factory=dict)
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+    callbacks: dict[str, list[float]] = field(default_factory=dict)
+    events: list[tuple[str, str, str, float]] = field(default_factory=list)
+    current: str = "?"
+
+
+@contextmanager
+def timed_phases(timings: Timings):
+    """Wrap the functions ``run_sweep`` calls with timers; restore them on exit.
+
+    They are module attributes that ``run_sweep`` looks up at call time, so wrapping changes nothing but the clock
+    reads. ``TrialRunLogger``'s trial hooks are wrapped too (class attributes), for the trial timeline.
     """
     import ray
 
@@ -93,7 +125,6 @@ def timed_phases(phases: dict[str, float], callbacks: dict[str, list[float]]):
     import cluster.tracking as tracking
     import trainables.data as tdata
 
-    current = {"phase": "?"}
     targets: list[tuple[object, str, str]] = [
         (sweep, "prepare", "validate config, shards, folds, space"),
         (tracking, "ensure_experiment", "MLflow store + experiment"), (ray_runtime, "init_ray", "start Ray"),
@@ -106,11 +137,11 @@ def timed_phases(phases: dict[str, float], callbacks: dict[str, list[float]]):
     for module, attr, label in targets:
         fn = getattr(module, attr)
         originals.append((module, attr, fn))
-        setattr(module, attr, _timer(fn, label, phases, current))
+        setattr(module, attr, _phase_timer(fn, label, timings))
     for method in ("on_trial_start", "on_trial_result", "on_trial_complete"):
         fn = getattr(tracking.TrialRunLogger, method)
         originals.append((tracking.TrialRunLogger, method, fn))
-        setattr(tracking.TrialRunLogger, method, _callback_timer(fn, method, callbacks, current))
+        setattr(tracking.TrialRunLogger, method, _callback_timer(fn, method, timings))
     try:
         yield
     finally:
@@ -118,25 +149,29 @@ def timed_phases(phases: dict[str, float], callbacks: dict[str, list[float]]):
             setattr(module, attr, fn)
 
 
-def _timer(fn: Callable, label: str, phases: dict[str, float], current: dict) -> Callable:
+def _phase_timer(fn: Callable, label: str, timings: Timings) -> Callable:
     def wrapper(*args, **kwargs):
+        outer, timings.current = timings.current, label
         t0 = time.perf_counter()
-        outer, current["phase"] = current["phase"], label
         try:
             return fn(*args, **kwargs)
         finally:
-            current["phase"] = outer
-            phases[label] = phases.get(label, 0.0) + time.perf_counter() - t0
+            t1 = time.perf_counter()
+            timings.current = outer
+            timings.phases[label] = timings.phases.get(label, 0.0) + t1 - t0
+            timings.spans[label] = (t0, t1)
     return wrapper
 
 
-def _callback_timer(fn: Callable, method: str, sink: dict[str, list[float]], current: dict) -> Callable:
-    def wrapper(*args, **kwargs):
+def _callback_timer(fn: Callable, method: str, timings: Timings) -> Callable:
+    def wrapper(self, iteration, trials, trial, *args, **kwargs):
         t0 = time.perf_counter()
+        if method != "on_trial_result":
+            timings.events.append((timings.current, method, trial.trial_id, t0))
         try:
-            return fn(*args, **kwargs)
+            return fn(self, iteration, trials, trial, *args, **kwargs)
         finally:
-            calls_secs = sink.setdefault(f"{current['phase']}: MLflow {method}", [0, 0.0])
+            calls_secs = timings.callbacks.setdefault(f"{timings.current}: MLflow {method}", [0, 0.0])
             calls_secs[0] += 1
             calls_secs[1] += time.perf_counter() - t0
     return wrapper
@@ -187,6 +222,22 @@ def run_bare(config_path: Path, configs: list[dict]) -> list[list[float]]:
     return out
 
 
+@contextmanager
+def _reuse_actors(enabled: bool):
+    """Make ``tune.TuneConfig`` default to ``reuse_actors=True`` while enabled (the --reuse-actors what-if)."""
+    if not enabled:
+        yield
+        return
+    from ray import tune
+
+    original = tune.TuneConfig
+    tune.TuneConfig = partial(original, reuse_actors=True)
+    try:
+        yield
+    finally:
+        tune.TuneConfig = original
+
+
 def _shutdown_ray() -> None:
     """run_sweep shuts down the cluster it started; this covers a failure inside ``ray.init`` itself."""
     import ray
@@ -209,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, help=f"batch size (default {FULL['batch_size']})")
     p.add_argument("--scale", choices=("small", "full"), help=f"synthetic corpus scale (default {FULL['scale']})")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--reuse-actors", action="store_true",
+                   help="what-if: run the sweep with TuneConfig(reuse_actors=True) patched in (not what run_sweep "
+                        "does today), to measure that fix")
     p.add_argument("--tmpdir", default=None, help="parent of the temporary work folder (default: system temp)")
     args = p.parse_args(argv)
     base = SMOKE if args.smoke else FULL
@@ -220,27 +274,27 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"emotune sweep overhead benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
           f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.2f}")
-    print(f"{trials} trials x {epochs} epochs, ladder_mtl hidden {hidden}, batch {batch_size}, corpus scale {scale}; "
-          f"timings are noisy when other jobs share the cores\n")
+    print(f"{trials} trials x {epochs} epochs, ladder_mtl hidden {hidden}, batch {batch_size}, corpus scale {scale}"
+          f"{'; WHAT-IF reuse_actors=True' if args.reuse_actors else ''}; timings are noisy when other jobs share "
+          f"the cores\n")
     cwd = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="emotune-bench-sweep-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
-        shard_dir = make_shards(work, scale)
+        shard_dir = make_shards(work, scale, workers=max(1, min(2, os.cpu_count() or 1)))
         config_path = write_config(work, shard_dir, trials, epochs, hidden, batch_size)
         print(f"setup (corpus + functionals ingest, excluded): {time.perf_counter() - t0:.1f} s")
 
         from cluster.sweep import run_sweep
 
-        phases: dict[str, float] = {}
-        callbacks: dict[str, list[float]] = {}
+        timings = Timings()
         # A Ray temp folder of our own: another local cluster on the machine (a test run) shares /tmp/ray otherwise.
         # Short, because Ray's socket paths live under it (Unix socket paths are limited to ~107 bytes).
         ray_tmp = tempfile.mkdtemp(prefix="ebr-")
         os.environ["RAY_TMPDIR"] = ray_tmp
         os.chdir(work)  # MLflow's default artifact root is ./mlruns: keep it in the temporary folder
         try:
-            with timed_phases(phases, callbacks):
+            with timed_phases(timings), _reuse_actors(args.reuse_actors):
                 t0 = time.perf_counter()
                 result = run_sweep(config_path, fresh=True, num_cpus=args.num_cpus)
                 total = time.perf_counter() - t0
@@ -255,15 +309,35 @@ def main(argv: list[str] | None = None) -> None:
             raise RuntimeError(f"found {len(configs)} trial configs in the experiment folder, the sweep reports "
                                f"{result.search_trials}")
         bare = run_bare(config_path, configs)
-        _report(phases, callbacks, total, search, repeats, bare)
+        _report(timings, total, search, repeats, bare)
 
 
-def _report(phases: dict[str, float], callbacks: dict[str, list[float]], total: float, search: list[dict],
-            repeats: list[dict], bare_iters: list[list[float]]) -> None:
+def _timeline(timings: Timings, phase: str) -> dict[str, float]:
+    """Driver-clock decomposition of a Tune phase from the trial start/complete events.
+
+    Returns:
+        ``lead`` (phase start to the first trial start: Tuner set-up, data to the object store, first actor),
+        ``spans`` (sum of trial start to completion), ``gaps`` (sum of completion to the next start: actor
+        teardown and start of the next trial), ``tail`` (last completion to the phase's end: Tune teardown,
+        result collection) and ``n``.
+    """
+    t0, t1 = timings.spans[phase]
+    starts = [t for p, m, _, t in timings.events if p == phase and m == "on_trial_start"]
+    ends = [t for p, m, _, t in timings.events if p == phase and m == "on_trial_complete"]
+    if not starts or len(starts) != len(ends):
+        return {}
+    return {"lead": starts[0] - t0, "spans": sum(e - s for s, e in zip(starts, ends, strict=True)),
+            "gaps": sum(s - e for e, s in zip(ends, starts[1:], strict=False)), "tail": t1 - ends[-1],
+            "n": len(starts)}
+
+
+def _report(timings: Timings, total: float, search: list[dict], repeats: list[dict],
+            bare_iters: list[list[float]]) -> None:
     import statistics
 
     n = len(search)
     bare = [sum(it) for it in bare_iters]
+    phases = timings.phases
     search_s, bare_s, inside_s = phases["search"], sum(bare), sum(r["tune_s"] for r in search)
     print(f"\n== sweep phases (run_sweep total {total:.1f} s)")
     for label, secs in phases.items():
@@ -271,7 +345,7 @@ def _report(phases: dict[str, float], callbacks: dict[str, list[float]], total: 
     other = total - sum(phases.values())
     print(f"  {'other (MLflow parent run, state, tables)':38s} {other:7.1f} s  {100 * other / total:5.1f} %")
     print("  inside search and repeats, in Tune's controller loop:")
-    for label, (calls, secs) in callbacks.items():
+    for label, (calls, secs) in timings.callbacks.items():
         print(f"    {label:46s} {secs:7.2f} s  {int(calls):4d} calls, {1e3 * secs / max(calls, 1):6.1f} ms each")
 
     print(f"\n== per trial{'':27s} {'epochs':>6s} {'Tune time_total_s':>17s} {'bare s':>7s} "
@@ -304,16 +378,25 @@ def _report(phases: dict[str, float], callbacks: dict[str, list[float]], total: 
     print(f"  bare loop, same {n} configs    {bare_s:8.1f} s")
     print(f"  ratio search / bare           {ratio:8.3f}   target <= {RATIO_TARGET} for trials >= {MIN_TRIAL_S:g} s "
           f"({'met' if ratio <= RATIO_TARGET else 'MISSED'})")
-    fixed = (search_s - bare_s) / n
-    print(f"  per-trial fixed cost          {fixed:8.2f} s  = (search - bare) / N, of which:")
-    print(f"    outside the trainable       {(search_s - inside_s) / n:8.2f} s  (search - sum of Tune time_total_s) "
-          f"/ N: trial actor start, Tune bookkeeping, MLflow callback")
-    print(f"    first epoch                 {statistics.mean(first_extra):8.2f} s  (Tune - bare): trainable set-up, "
-          f"data from the object store, first checkpoint")
+    print(f"  per-trial fixed cost          {(search_s - bare_s) / n:8.2f} s  = (search - bare) / N, of which:")
+    line = _timeline(timings, "search")
+    if line:
+        print(f"    search set-up, once / N     {line['lead'] / n:8.2f} s  (search start -> 1st trial start: Tuner, "
+              f"searcher, data to the object store, 1st actor: {line['lead']:.1f} s)")
+        print(f"    between trials              {line['gaps'] / n:8.2f} s  (trial end -> next trial start: actor "
+              f"teardown and start; {line['gaps']:.1f} s over {line['n'] - 1} gaps)")
+        print(f"    search teardown, once / N   {line['tail'] / n:8.2f} s  (last trial end -> search returns: Tune "
+              f"teardown, result collection: {line['tail']:.1f} s)")
+        print(f"    trial start -> end vs bare  {(line['spans'] - bare_s) / n:8.2f} s  (driver clock; of which "
+              f"inside the trainable, Tune - bare:)")
+    print(f"      first epoch               {statistics.mean(first_extra):8.2f} s  trainable set-up in a fresh "
+          f"worker, first checkpoint")
     per_epoch = statistics.mean(epoch_extra) if epoch_extra else 0.0
     epochs_after = statistics.mean(len(r["iters"]) - 1 for r in search)
-    print(f"    later epochs                {per_epoch * epochs_after:8.2f} s  ({per_epoch * 1e3:.0f} ms x "
-          f"{epochs_after:.0f} epochs, Tune - bare): report, checkpoint when improved, contention")
+    print(f"      later epochs              {per_epoch * epochs_after:8.2f} s  ({per_epoch * 1e3:.0f} ms x "
+          f"{epochs_after:.0f} epochs): report round trip, checkpoints, CPU contention")
+    print(f"      outside the trainable     {(line['spans'] - inside_s) / n if line else float('nan'):8.2f} s  "
+          f"trial start/stop hooks and the result of the last report")
     work_bare = bare_s + repeat_bare
     print(f"  ratio total / bare of the same work (N search + {len(repeats)} repeat trials) "
           f"{total / work_bare:.3f}  ({total:.1f} s / {work_bare:.1f} s)")
