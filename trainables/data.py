@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_io.folds import SearchFold
 from data_io.shards import ShardSet
@@ -152,7 +151,3 @@ def load_store(shard_sets: Sequence[ShardSet]) -> FeatureStore:
         manifest_hashes={str(ss.folder): ss.content_hash for ss in shard_sets},
     )
 
-
-def corpus_mask(store: FeatureStore, corpus: str) -> np.ndarray:
-    """Boolean row mask of one corpus."""
-    return pc.equal(store.meta["corpus"], corpus).to_numpy(zero_copy_only=False)
