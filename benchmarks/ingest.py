@@ -6,10 +6,12 @@ feature set, each into a fresh output folder. The number is the end-to-end real-
 
     RTF/core = seconds of audio ingested / (wall seconds x worker processes)
 
-End to end means decode + checks + features + Parquet write (fsync, sha256) + manifest. Before timing, every
-feature set extracts one short signal so first-call costs (librosa filter banks, window caches, lazy imports)
-are reported on their own line instead of landing in the first feature set's number. The CPU-time RTF printed
-next to it is what one core delivers when nothing else runs (wall > CPU means another process took the core).
+End to end means adapter listing + decode + checks + features + Parquet write (fsync, sha256) + manifest. A
+warm-up first times the first and second call of each stage (adapter listing, decode, ``features.extract`` per
+feature set, one ``process_chunk``), so first-call costs (librosa filter banks, window caches, lazy imports, the
+Parquet writer) are reported on their own lines instead of landing in the first feature set's number. The
+CPU-time RTF printed next to it is what one core delivers when nothing else runs (wall > CPU means another
+process took the core, or fsync waited on the disk).
 
 Part 2, shard read: ``--rows`` utterances of float32 frame features (``--frames`` on average x ``--bins``,
 log-mel-like values) are written with ``data_io.shards.build_table``/``write_shard``/``write_manifest`` in parts
@@ -19,7 +21,7 @@ one ``.npy`` (best of ``--repeats``, page cache warm, MB = 1e6 bytes of float32 
 No number here is asserted; targets are printed next to the measurements. Usage::
 
     .venv/bin/python benchmarks/ingest.py            # full: scale=full corpus, 2000 x ~500 x 64 shard set
-    .venv/bin/python benchmarks/ingest.py --smoke    # tiny sizes, < 60 s
+    .venv/bin/python benchmarks/ingest.py --smoke    # tiny sizes, ~15 s
     .venv/bin/python benchmarks/ingest.py --profile functionals   # cProfile one feature set's ingest
 """
 

@@ -253,7 +253,8 @@ def _strip_seed(config: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help=f"tiny trials (< 60 s): {SMOKE}")
+    p.add_argument("--smoke", action="store_true",
+                   help=f"tiny trials, about a minute (most of it run_sweep's own fixed cost): {SMOKE}")
     p.add_argument("--trials", type=int, help=f"search trials N (default {FULL['trials']})")
     p.add_argument("--epochs", type=int, help=f"epochs per trial, no early stop (default {FULL['epochs']})")
     p.add_argument("--hidden", help=f"ladder hidden widths, comma-separated (default {FULL['hidden']})")
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         timings = Timings()
         # A Ray temp folder of our own: another local cluster on the machine (a test run) shares /tmp/ray otherwise.
         # Short, because Ray's socket paths live under it (Unix socket paths are limited to ~107 bytes).
-        ray_tmp = tempfile.mkdtemp(prefix="ebr-")
+        ray_tmp, ray_tmp_before = tempfile.mkdtemp(prefix="ebr-"), os.environ.get("RAY_TMPDIR")
         os.environ["RAY_TMPDIR"] = ray_tmp
         os.chdir(work)  # MLflow's default artifact root is ./mlruns: keep it in the temporary folder
         try:
@@ -302,6 +303,10 @@ def main(argv: list[str] | None = None) -> None:
             os.chdir(cwd)
             _shutdown_ray()
             shutil.rmtree(ray_tmp, ignore_errors=True)
+            if ray_tmp_before is None:
+                os.environ.pop("RAY_TMPDIR", None)
+            else:
+                os.environ["RAY_TMPDIR"] = ray_tmp_before
         search = trial_records(work / "ray_results" / NAME)
         repeats = trial_records(work / "ray_results" / f"{NAME}-repeats")
         configs = [r["config"] for r in search]
