@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 
 from data_io import datasets
@@ -88,19 +87,8 @@ class Split:
 def encode_labels(store: FeatureStore, rows: np.ndarray, targets: tuple[str, ...], classes: Mapping,
                   merge: Mapping) -> dict[str, np.ndarray]:
     """Targets and masks of ``rows``, each corpus's attributes scaled from its own scale to [-1, 1]."""
-    meta = store.meta.take(rows)
-    corpora = meta["corpus"].to_numpy(zero_copy_only=False)
-    out: dict[str, np.ndarray] = {}
-    for corpus in np.unique(corpora):
-        sel = np.flatnonzero(corpora == corpus)
-        part = datasets.encode_targets(meta.filter(pc.equal(meta["corpus"], corpus)), targets,
-                                       store.label_scales.get(str(corpus)), classes=dict(classes) or None,
-                                       merge=dict(merge) or None)
-        for key, arr in part.items():
-            if key not in out:
-                out[key] = np.zeros(len(rows), dtype=arr.dtype)
-            out[key][sel] = arr
-    return out
+    return datasets.encode_targets(store.meta.take(rows), targets, store.label_scales,
+                                   classes=dict(classes) or None, merge=dict(merge) or None)
 
 
 def _to_split(x: np.ndarray, labels: dict[str, np.ndarray], mean: np.ndarray, std: np.ndarray,
