@@ -127,7 +127,8 @@ def _bench_rows(start: int, frames: np.ndarray) -> list[dict]:
         rows.append({"utt_id": f"bench_{i:06d}", "corpus": "bench", "speaker": f"spk_{i % 64:03d}",
                      "gender": "FM"[i % 2], "session": None, "split": ("train", "validation", "test")[i % 3],
                      "style": "spontaneous", "emotion": "neutral", "arousal": 4.0, "valence": 4.0,
-                     "dominance": 4.0, "rater_hist": None, "duration_s": float(t) * 0.01})
+                     "dominance": 4.0, "rater_hist": None, "speech": [0.0, float(t) * 0.01], "words": None,
+                     "duration_s": float(t) * 0.01})
     return rows
 
 
@@ -154,7 +155,7 @@ def write_shard_set(folder: Path, n_rows: int, mean_frames: int, n_bins: int, ro
     manifest = shards.Manifest(
         schema_version=SCHEMA_VERSION, corpus="bench", feature_set="logmel_bench",
         feature_config={"name": "logmel_bench", "n_bins": n_bins, "random": True}, librosa_version="n/a",
-        label_scale=[1.0, 7.0], feature_dtype="float32", files=files, total_rows=n_rows,
+        label_scale=[1.0, 7.0], feature_dtype="float32", speech_detection={}, files=files, total_rows=n_rows,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     shards.write_manifest(folder, manifest)
     return np.concatenate(flat)

@@ -56,6 +56,7 @@ class Prepared:
     family: object
     shard_sets: list
     folds: list
+    auxiliary: list  # (ShardSet, targets) per data.auxiliary entry
     manifest_hash: str
     constants: dict
     space_kwargs: dict
@@ -78,7 +79,6 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     import optuna
 
     from data_io import folds as folds_mod
-    from data_io import shards
     from searchspace.schema import load_sweep_config
     from trainables.registry import get_family
 
@@ -87,15 +87,16 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if overrides:
         cfg = cfg.with_overrides(overrides)
     family = get_family(cfg.model.family)
-    shard_dirs = cfg.resolved_shards(config_path.parent)
-    shard_sets = []
-    for d in shard_dirs:
-        if not Path(d).exists():
-            raise ValueError(f"data.shards: {d} does not exist; run `emotune ingest ... --out` first or fix the path")
-        shard_sets.append(shards.open_shards(Path(d)))
+    shard_sets = [_open(d, "data.shards") for d in cfg.resolved_shards(config_path.parent)]
+    auxiliary = [(_open(d, f"data.auxiliary[{i}].shards"), tuple(aux.targets))
+                 for i, (d, aux) in enumerate(zip(cfg.resolved_auxiliary(config_path.parent), cfg.data.auxiliary,
+                                                  strict=True))]
     meta = _concat_meta([ss.metadata() for ss in shard_sets])
-    folds = folds_mod.build_folds(cfg.data.protocol, meta, **dict(cfg.data.protocol_options))
-    manifest_hash = shard_sets[0].content_hash if len(shard_sets) == 1 else _combined_hash(shard_sets)
+    _check_auxiliary(cfg, shard_sets, auxiliary)
+    _check_targets(cfg, shard_sets, auxiliary, meta)
+    folds = _build_folds(cfg, meta)
+    every = shard_sets + [ss for ss, _ in auxiliary]
+    manifest_hash = every[0].content_hash if len(every) == 1 else _combined_hash(every)
 
     grid = None
     fixed = dict(cfg.model.fixed)
@@ -134,12 +135,85 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
     from cluster.tracking import resolve_tracking_uri
 
-    return Prepared(cfg=cfg, family=family, shard_sets=shard_sets, folds=folds, manifest_hash=manifest_hash,
+    return Prepared(cfg=cfg, family=family, shard_sets=shard_sets, folds=folds, auxiliary=auxiliary,
+                    manifest_hash=manifest_hash,
                     constants=constants, space_kwargs=space_kwargs, storage=storage_path,
                     tracking_uri=resolve_tracking_uri(cfg.tracking.uri),
                     experiment=cfg.tracking.experiment or cfg.name,
                     model_name=cfg.registry.model_name or f"emotune-{family.name}", num_samples=num_samples,
                     grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds))
+
+
+def _open(folder: Path, field: str):
+    from data_io import shards
+
+    if not Path(folder).exists():
+        raise ValueError(f"{field}: {folder} does not exist; run `emotune ingest ... --out` first or fix the path")
+    return shards.open_shards(Path(folder))
+
+
+def _check_auxiliary(cfg, shard_sets: list, auxiliary: list) -> None:
+    """An auxiliary set must hold the labelled sets' feature set and carry a label for every target it lists."""
+    feature_set = shard_sets[0].manifest.feature_set
+    for i, (ss, targets) in enumerate(auxiliary):
+        if ss.manifest.feature_set != feature_set:
+            raise ValueError(f"data.auxiliary[{i}].shards: {ss.folder} holds feature set "
+                             f"{ss.manifest.feature_set!r} but data.shards hold {feature_set!r}; ingest the "
+                             f"auxiliary corpus with --features {feature_set} and point at that folder")
+        meta = ss.metadata()
+        for target in targets:
+            columns = _source_columns(cfg, target)
+            empty = [c for c in columns if meta.column(c).null_count == meta.num_rows]
+            if empty:
+                raise ValueError(f"data.auxiliary[{i}].targets: {target!r} needs {empty} labels, but corpus "
+                                 f"{ss.manifest.corpus!r} ({ss.folder}) has none; remove {target!r} from its targets")
+
+
+def _source_columns(cfg, target: str) -> list[str]:
+    """The metadata columns a target's labels come from."""
+    from data_io.targets import parse_targets
+
+    (spec,) = [s for s in parse_targets(cfg.data.targets, cfg.data.encoders) if s.name == target]
+    return ["arousal", "valence"] if spec.encoder == "kmeans" else [target]
+
+
+def _check_targets(cfg, shard_sets: list, auxiliary: list, meta) -> None:
+    """Build and fit every target encoder once on the labelled rows, so a bad encoder fails before Ray starts.
+
+    The fitted encoders are thrown away: folds fit their own on their training rows.
+    """
+    from data_io import targets as targets_mod
+
+    specs = targets_mod.parse_targets(cfg.data.targets, cfg.data.encoders)
+    scales = {}
+    for ss in [*shard_sets, *(a for a, _ in auxiliary)]:
+        scales.setdefault(ss.manifest.corpus, tuple(ss.manifest.label_scale) if ss.manifest.label_scale else None)
+    encoders = targets_mod.build_encoders(specs, label_scales=scales, emotion_classes=_classes(cfg).get("emotion"),
+                                          emotion_merge=dict(cfg.data.emotion_merge), vocabulary_meta=meta)
+    for name, enc in encoders.items():
+        try:
+            enc.fit(meta)
+            enc.encode(meta)
+        except ValueError as err:
+            raise ValueError(f"data.encoders.{name}: {err}") from None
+
+
+def _build_folds(cfg, meta) -> list:
+    """The protocol's folds; with ``data.corpus_protocols`` each corpus's own, combined fold by fold."""
+    from data_io import folds as folds_mod
+
+    if not cfg.data.corpus_protocols:
+        return folds_mod.build_folds(cfg.data.protocol, meta, **dict(cfg.data.protocol_options))
+    corpora = sorted(set(meta.column("corpus").to_pylist()))
+    unknown = sorted(set(cfg.data.corpus_protocols) - set(corpora))
+    if unknown:
+        raise ValueError(f"data.corpus_protocols: {unknown} are not corpora of data.shards {corpora}; fix the names")
+    protocols = {}
+    for corpus in corpora:
+        entry = dict(cfg.data.corpus_protocols.get(corpus, {"protocol": cfg.data.protocol,
+                                                             **dict(cfg.data.protocol_options)}))
+        protocols[corpus] = (entry.pop("protocol"), entry)
+    return folds_mod.build_corpus_folds(meta, protocols)
 
 
 def _concat_meta(tables):
@@ -218,7 +292,7 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     mlflow.set_tracking_uri(prep.tracking_uri)
     client = MlflowClient(prep.tracking_uri)
     experiment_id = tracking.ensure_experiment(client, prep.experiment)
-    static_tags = {"family": prep.family.name, "protocol": cfg.data.protocol, "data_manifest_hash": prep.manifest_hash,
+    static_tags = {"family": prep.family.name, "protocol": _protocol_tag(cfg), "data_manifest_hash": prep.manifest_hash,
                    "feature_set": prep.shard_sets[0].manifest.feature_set, "git_commit": tracking.git_commit(),
                    "sweep": cfg.name, "objective": cfg.search.metric}
     parent_id = state.get("parent_run_id")
@@ -237,7 +311,7 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     try:
         from trainables.data import load_store
 
-        store = load_store(prep.shard_sets)
+        store = load_store(prep.shard_sets, prep.auxiliary)
         data = build_search_data(prep, store)
         resolve = partial(_resolved_params, family=prep.family)
 
@@ -281,16 +355,22 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
 
 
 def build_search_data(prep: Prepared, store):
-    """What trials receive: the rows some fold trains or validates on, and the folds' search views only."""
-    from data_io.datasets import resolve_classes
+    """What trials receive: the rows some fold trains or validates on, every auxiliary row, the folds' search views."""
     from trainables.data import SearchData
 
     cfg = prep.cfg
-    search_ids = sorted({u for f in prep.folds for u in (*f.train_ids, *f.val_ids)})
-    # Class lists come from every row of the sweep, so class indices agree across folds.
-    classes = resolve_classes(store.meta, tuple(cfg.data.targets), _classes(cfg), dict(cfg.data.emotion_merge))
-    return SearchData(store=store.subset(search_ids), folds=[f.for_search() for f in prep.folds],
-                      targets=tuple(cfg.data.targets), classes=classes, emotion_merge=dict(cfg.data.emotion_merge))
+    search_ids = {u for f in prep.folds for u in (*f.train_ids, *f.val_ids)}
+    aux_ids = store.meta.column("utt_id").take(store.auxiliary_rows()).to_pylist()
+    return SearchData(store=store.subset(sorted(search_ids.union(aux_ids))),
+                      folds=[f.for_search() for f in prep.folds], targets=tuple(cfg.data.targets),
+                      classes=_classes(cfg), emotion_merge=dict(cfg.data.emotion_merge),
+                      encoders=dict(cfg.data.encoders))
+
+
+def _protocol_tag(cfg) -> str:
+    if not cfg.data.corpus_protocols:
+        return cfg.data.protocol
+    return "+".join(f"{c}:{e.get('protocol')}" for c, e in sorted(cfg.data.corpus_protocols.items()))
 
 
 def _classes(cfg) -> dict:
@@ -467,16 +547,13 @@ def score_test_once(prep: Prepared, store, repeats: list[dict], client, parent_i
     from trainables.loop import evaluate_state
     from trainables.tune_entry import load_state
 
-    cfg = prep.cfg
     test_ids = [list(f.test.open("test scoring after selection")) for f in prep.folds]
-    test_store = store.subset(sorted({u for ids in test_ids for u in ids}))
     scores = {}
     for rep in repeats:
         if rep["checkpoint"] is None:
             continue
         state = load_state(rep["checkpoint"])
-        scores[rep["trial_id"]] = evaluate_state(state, test_store, test_ids, tuple(cfg.data.targets),
-                                                 dict(cfg.data.emotion_merge), "test")
+        scores[rep["trial_id"]] = evaluate_state(state, store, test_ids, "test")
     # Test metrics go to the parent run only: per variant, one point per seed (step = seed), next to the same
     # repeat's validation metrics at its best epoch (what `emotune report` tabulates).
     from mlflow.entities import Metric

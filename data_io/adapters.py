@@ -12,6 +12,8 @@ name from :data:`ADAPTERS` (DESIGN.md: an explicit registry, no import strings).
 * yields label entries whose audio file is missing (ingestion quarantines them with reason ``missing``) and skips
   audio files that have no label entry, listing them in ``.unlabelled_files``;
 * returns records sorted by ``utt_id`` and rejects duplicate ids.
+
+No adapter reads word alignments yet, so every record's ``words`` is None (the shards' ``words`` column is null).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ engine and setting as ``librosa.resample(res_type="soxr_hq")``, called directly 
 overhead; the output length is ``ceil(n * sr / file_sr)``, as librosa's. Apart from down-mixing and
 resampling the samples are returned as decoded: no clipping, normalisation or DC removal, so features see the
 corpus's own levels.
+
+:func:`speech_regions` finds where the speech is in a decoded signal (an energy detector); ingestion stores its
+result in the shards' ``speech`` column so training can centre crops and cut windows over speech only.
 """
 
 from __future__ import annotations
@@ -31,6 +34,16 @@ REASONS = ("missing", "decode_error", "empty", "non_finite", "too_short", "silen
 # and a quiet but real recording peaks well above -60 dBFS. Checked on the final mono signal, so a stereo file
 # whose channels cancel in the down-mix is caught too.
 SILENCE_PEAK = 1e-4
+
+# Defaults of speech_regions, exactly its keyword arguments (``speech_regions(y, sr, **SPEECH_DETECTION)`` is the
+# default call); ingestion records them, with SPEECH_REF_PERCENTILE, in every shard manifest.
+SPEECH_DETECTION = {"frame_s": 0.025, "hop_s": 0.010, "range_db": 35.0, "floor_dbfs": -55.0, "min_gap_s": 0.15,
+                    "min_speech_s": 0.05}
+# Percentile of the frame levels taken as the signal's maximum: a click or a plosive in the loudest 1 % of frames
+# does not raise the threshold, yet speech that fills only a few percent of a recording still sets it.
+SPEECH_REF_PERCENTILE = 99.0
+# Added to a frame's mean square before the log, so digital silence gives -120 dB instead of -inf.
+_LEVEL_EPS = 1e-12
 
 
 class AudioCheckError(Exception):
@@ -143,3 +156,123 @@ def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1) -> np.nd
             "silent", f"{path.name}: peak |x| {peak:.2e} ({dbfs:.1f} dBFS) < {SILENCE_PEAK:.0e} (-80 dBFS)"
         )
     return y
+
+
+def _frame_mean_square(y: np.ndarray, frame: int, hop: int) -> np.ndarray:
+    """Mean square of frames ``[i * hop, i * hop + frame)`` covering every sample; the last one may be shorter."""
+    n = len(y)
+    if n <= frame:
+        return np.array([np.dot(y, y) / n])
+    # A strided view and einsum: no copy of the frames and no cumulative sum, so memory stays O(frames) even for
+    # hour-long recordings, and a 5 min signal takes a few ms. as_strided directly: sliding_window_view's checks
+    # cost more than the arithmetic on a 3 s utterance.
+    m = 1 + (n - frame) // hop
+    step = y.strides[0]
+    windows = np.lib.stride_tricks.as_strided(y, shape=(m, frame), strides=(hop * step, step), writeable=False)
+    ms = np.einsum("ij,ij->i", windows, windows) / frame
+    if (m - 1) * hop + frame < n:  # the last full frame stops short of the end: one shorter frame covers the rest
+        rest = y[m * hop:]
+        ms = np.append(ms, np.dot(rest, rest) / len(rest))
+    return ms
+
+
+def speech_regions(y: np.ndarray, sr: int, *, frame_s: float = 0.025, hop_s: float = 0.010, range_db: float = 35.0,
+                   floor_dbfs: float = -55.0, min_gap_s: float = 0.15, min_speech_s: float = 0.05) -> np.ndarray:
+    """Find the speech in a signal by frame energy (a level-threshold voice activity detector).
+
+    1. The signal is cut into frames of ``frame_s`` every ``hop_s`` (the last frame is shortened to end at the
+       last sample, so every sample is in a frame) and each frame's level is its RMS in dB relative to full
+       scale (``10 log10(mean(y**2) + 1e-12)``: a full-scale square wave is 0 dB, a full-scale sine -3 dB,
+       digital silence -120 dB).
+    2. The reference is the :data:`SPEECH_REF_PERCENTILE` (99th) percentile of the frame levels (nearest rank),
+       a maximum that one click cannot raise. A frame is speech when its level is at least
+       ``reference - range_db`` and above ``floor_dbfs``.
+    3. Each frame stands for the ``hop_s`` of time around its centre (the first from 0, the last to the end),
+       so runs of speech frames become ``[start, end]`` times that tile the signal without overlap. Edges are
+       accurate to about a frame and err outwards: a frame that only touches a loud burst is already loud
+       enough, so a region can start and end up to ``(frame_s + hop_s) / 2`` (17.5 ms) beyond the burst.
+    4. Regions separated by less than ``min_gap_s`` are merged (pauses between words stay inside), then regions
+       shorter than ``min_speech_s`` are dropped (clicks, breaths). Merging first lets a short burst next to
+       speech join it instead of being dropped.
+
+    Being energy-based it cannot tell speech from other sound: stationary noise above the floor and within
+    ``range_db`` of the loudest frames counts as speech (at the defaults, background noise less than about
+    35 dB below the speech), and a signal that is noise throughout is all speech if it is above the floor.
+    Vectorised: a 3 s utterance takes well under 0.1 ms, a 5 min signal at 16 kHz a few milliseconds.
+
+    Args:
+        y: Mono signal, shape ``(n,)``, floating point on the full-scale ``[-1, 1]`` range (as
+            :func:`load_audio` returns it).
+        sr: Sample rate of ``y`` in Hz.
+        frame_s: Frame length in seconds.
+        hop_s: Frame step in seconds.
+        range_db: How far below the reference level a frame may be and still count as speech, in dB.
+        floor_dbfs: Frames at or below this level (dB re full scale) are never speech.
+        min_gap_s: Gaps shorter than this between two regions are closed.
+        min_speech_s: Regions shorter than this (after merging) are dropped.
+
+    Returns:
+        Float64 array of shape ``(k, 2)``: ``[start_s, end_s]`` per region, sorted, disjoint, within
+        ``[0, len(y) / sr]``; ``(0, 2)`` when there is no speech (or ``y`` is empty).
+
+    Raises:
+        ValueError: ``y`` is not 1-D floating point or holds NaN/inf, ``sr``, ``frame_s``, ``hop_s`` or
+            ``range_db`` is not positive, ``min_gap_s`` or ``min_speech_s`` is negative, or a frame or hop is
+            shorter than one sample.
+    """
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind != "f":
+        raise ValueError(f"y must be a 1-D floating-point signal on the [-1, 1] scale, got shape {y.shape} and "
+                         f"dtype {y.dtype}; pass the output of load_audio (or scale integer PCM to [-1, 1])")
+    if sr <= 0:
+        raise ValueError(f"sr must be > 0, got {sr}")
+    for name, value in (("frame_s", frame_s), ("hop_s", hop_s), ("range_db", range_db)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    for name, value in (("min_gap_s", min_gap_s), ("min_speech_s", min_speech_s)):
+        if not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    frame, hop = round(frame_s * sr), round(hop_s * sr)
+    if frame < 1 or hop < 1:
+        raise ValueError(f"frame_s and hop_s must be at least one sample (1 / sr = {1 / sr:g} s), got frame_s "
+                         f"{frame_s} and hop_s {hop_s} at sr {sr}")
+    n = len(y)
+    if n == 0:
+        return np.zeros((0, 2))
+
+    ms = _frame_mean_square(y, frame, hop)
+    total = float(ms.sum())  # NaN or inf in any frame makes the sum non-finite: one scalar test
+    if not math.isfinite(total):
+        raise ValueError(f"y must be finite, got NaN or inf in {int((~np.isfinite(ms)).sum())} of {len(ms)} "
+                         f"frames; load_audio quarantines such files")
+    # Levels are compared in the mean-square domain (the dB threshold converted once), not by taking the log of
+    # every frame: the same decisions, and on a 3 s utterance each array operation saved is a few percent. The
+    # reference is the percentile by nearest rank through one partition, for the same reason.
+    power = ms + _LEVEL_EPS
+    rank = round(SPEECH_REF_PERCENTILE / 100.0 * (len(power) - 1))
+    reference_db = 10.0 * math.log10(float(np.partition(power, rank)[rank]))
+    threshold_db = reference_db - range_db
+    speech = np.zeros(len(power) + 2, dtype=bool)
+    if threshold_db > floor_dbfs:  # at or above reference - range_db ...
+        np.greater_equal(power, 10.0 ** (threshold_db / 10.0), out=speech[1:-1])
+    else:  # ... and strictly above the floor
+        np.greater(power, 10.0 ** (floor_dbfs / 10.0), out=speech[1:-1])
+    change = np.flatnonzero(speech[1:] != speech[:-1])  # frame indices where runs start, then end, alternately
+    if len(change) == 0:
+        return np.zeros((0, 2))
+
+    # Frame i owns [centre_i - hop/2, centre_i + hop/2); the first owns from 0, the last to the end. A run of
+    # frames [a, b) therefore spans [bound(a), bound(b)).
+    duration = n / sr
+    bounds = (change * hop + (frame - hop) / 2) / sr
+    np.clip(bounds, 0.0, duration, out=bounds)
+    if change[0] == 0:
+        bounds[0] = 0.0
+    if change[-1] == len(power):
+        bounds[-1] = duration
+    starts, ends = bounds[0::2], bounds[1::2]
+    split = starts[1:] - ends[:-1] >= min_gap_s  # gaps that stay open
+    starts = starts[np.concatenate(([True], split))]
+    ends = ends[np.concatenate((split, [True]))]
+    keep = (ends - starts >= min_speech_s) & (ends > starts)
+    return np.stack([starts[keep], ends[keep]], axis=1)

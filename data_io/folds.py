@@ -1,4 +1,4 @@
-"""Fold builders for the four evaluation protocols (DESIGN.md: Protocols; Contracts: Test lockbox).
+"""Fold builders for the evaluation protocols (DESIGN.md: Protocols; Contracts: Test lockbox).
 
 A builder reads shard metadata (a ``pyarrow.Table`` as returned by ``ShardSet.metadata()``, with at least
 the columns ``utt_id``, ``corpus``, ``speaker``, ``session`` and ``split``) and returns :class:`Fold` objects.
@@ -16,13 +16,19 @@ every opening is recorded in ``fold.test.accesses`` for the MLflow record.
 | ``loso``        | one per session: one of its speakers validates, the other tests (IEMOCAP, MSP-IMPROV) |
 | ``speaker_kfold`` | k speaker groups: group i tests, group i+1 validates, the rest train (AAE paper)   |
 | ``cross_corpus`` | train on corpus A; corpus B split by speaker into validation / test (AAE paper)     |
+| ``random_kfold`` | k utterance groups, optionally stratified; as speaker_kfold (selective-MTL call centre) |
+
+:func:`build_folds` applies one protocol to the whole table. :func:`build_corpus_folds` gives each corpus its own
+protocol, built on that corpus's rows only, and combines fold i of every corpus into fold i (selective-MTL paper:
+IEMOCAP by session and the call-centre corpus in random folds, 5 folds each), so each corpus's test utterances
+stay where its own protocol put them.
 """
 
 from __future__ import annotations
 
 import inspect
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +42,7 @@ __all__ = [
     "LockboxError",
     "SearchFold",
     "TestLockbox",
+    "build_corpus_folds",
     "build_folds",
     "fold_summary",
 ]
@@ -109,6 +116,12 @@ class TestLockbox:
     def accesses(self) -> tuple[tuple[str, datetime], ...]:
         """Every :meth:`open` so far, as ``(purpose, UTC time)``, oldest first."""
         return tuple(self.__accesses)
+
+    @classmethod
+    def _union(cls, boxes: Iterable[TestLockbox]) -> TestLockbox:
+        # Combining the folds of several corpora moves ids from lockbox to lockbox without an open(): nothing is
+        # read, so nothing is recorded, and the ids never exist outside a lockbox.
+        return cls(sorted(i for box in boxes for i in box.__ids))
 
     def _overlap(self, ids: Iterable[str]) -> int:
         # Sanity checks in this module count shared ids without opening (and so without recording an access).
@@ -204,6 +217,9 @@ class Fold:
         test: The test ids, behind a :class:`TestLockbox`.
         speakers: Speaker labels per part (``"train"``, ``"val"``, ``"test"``), for logging;
             ``corpus/speaker`` when the table holds several corpora. Not part of equality.
+        counts_by_corpus: Utterances per part and corpus (``{"test": {"iemocap": 6, ...}, ...}``), so logs can
+            show each corpus's test size without opening the lockbox; each part's counts must sum to its size.
+            Empty for a fold built by hand. Not part of equality.
     """
 
     name: str
@@ -211,6 +227,7 @@ class Fold:
     val_ids: tuple[str, ...]
     test: TestLockbox
     speakers: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    counts_by_corpus: Mapping[str, Mapping[str, int]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.test, TestLockbox):
@@ -220,6 +237,26 @@ class Fold:
         speakers = MappingProxyType({k: tuple(v) for k, v in self.speakers.items()})
         object.__setattr__(self, "speakers", speakers)
         _disjoint_nonempty(self.name, {"train": self.train_ids, "val": self.val_ids}, self.test)
+        object.__setattr__(self, "counts_by_corpus", self._checked_counts())
+
+    def _checked_counts(self) -> Mapping[str, Mapping[str, int]]:
+        unknown = sorted(set(self.counts_by_corpus) - set(_PARTS))
+        if unknown:
+            raise ValueError(
+                f"fold {self.name!r}: counts_by_corpus has unknown part(s) {unknown}; parts: {', '.join(_PARTS)}"
+            )
+        sizes = {"train": len(self.train_ids), "val": len(self.val_ids), "test": len(self.test)}
+        out = {}
+        for part, by_corpus in self.counts_by_corpus.items():
+            total = sum(by_corpus.values())
+            if total != sizes[part]:
+                # Per-corpus counts stand in for the test ids in logs, so they must describe the fold exactly.
+                raise ValueError(
+                    f"fold {self.name!r}: counts_by_corpus[{part!r}] sums to {total}, but the {part} part holds "
+                    f"{sizes[part]} utterances; count every utterance of the part once"
+                )
+            out[part] = MappingProxyType(dict(sorted(by_corpus.items())))
+        return MappingProxyType(out)
 
     def for_search(self) -> SearchFold:
         """The fold without its test ids: the only form of a fold that may be passed to a trainable."""
@@ -294,6 +331,7 @@ class _Meta:
         """A Fold from row indices: ids sorted, speaker labels per part recorded when speakers are known."""
         parts = {"train": list(train), "val": list(val), "test": list(test)}
         ids = {p: tuple(sorted(self.utt_id[r] for r in rows)) for p, rows in parts.items()}
+        counts = {p: dict(Counter(self.corpus[r] for r in rows)) for p, rows in parts.items()}
         speakers = {}
         if "speaker" in self.columns:
             known = self.columns["speaker"]
@@ -301,7 +339,9 @@ class _Meta:
                 p: tuple(sorted({self.label(self.speaker_key(r)) for r in rows if known[r]}))
                 for p, rows in parts.items()
             }
-        return Fold(name, ids["train"], ids["val"], TestLockbox(ids["test"]), speakers=speakers)
+        return Fold(
+            name, ids["train"], ids["val"], TestLockbox(ids["test"]), speakers=speakers, counts_by_corpus=counts
+        )
 
 
 def _split_speakers(speakers: Sequence, val_fraction: float, seed: int, where: str) -> tuple[set, set]:
@@ -316,7 +356,7 @@ def _split_speakers(speakers: Sequence, val_fraction: float, seed: int, where: s
     return set(order[:n_val]), set(order[n_val:])
 
 
-# --- the four protocols -----------------------------------------------------------------------------------
+# --- the protocols ---------------------------------------------------------------------------------------
 
 
 def predefined(
@@ -503,11 +543,67 @@ def cross_corpus(
     return [m.fold(f"cross_corpus-{train_corpus}-to-{target_corpus}", train, val, test)]
 
 
+def random_kfold(meta: pa.Table, *, k: int = 5, stratify: str | None = None, seed: int = 0) -> list[Fold]:
+    """k folds of utterances, not speakers (selective-MTL paper: the call-centre corpus has no speaker labels).
+
+    Utterances are shuffled with ``seed`` and dealt round-robin into k groups; fold i tests group i, validates
+    group (i + 1) % k and trains on the others, so every utterance is tested once. A speaker may fall in several
+    parts: use it for a corpus without speaker labels, or with so many speakers that the overlap hardly matters
+    (the paper's corpus has about 750); otherwise prefer ``speaker_kfold`` or ``loso``.
+
+    Args:
+        meta: Shard metadata; a ``speaker`` column is optional (only logged).
+        k: Number of folds (>= 3: one group tests, one validates, at least one trains).
+        stratify: Metadata column (e.g. ``"emotion"``) whose values are dealt one after another, so each value's
+            utterances spread evenly over the groups (each group within one of an even share); null values form
+            their own stratum. None deals all utterances together.
+        seed: Seed of the utterance shuffle.
+
+    Returns:
+        k folds named ``random_kfold-<corpus>-<i>`` when the table holds one corpus, ``random_kfold-<i>`` when
+        the groups mix several.
+
+    Raises:
+        ValueError: If ``k`` < 3 or exceeds the number of utterances, or ``stratify`` names no column.
+        TypeError: If ``stratify`` is neither None nor a column name.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 3:
+        raise ValueError(f"random_kfold: k >= 3 must hold (test, validation and train groups), got {k!r}")
+    if stratify is not None and (not isinstance(stratify, str) or not stratify):
+        raise TypeError(f"random_kfold: stratify must be a metadata column name or None, got {stratify!r}")
+    # Speakers are only logged here (the call-centre corpus has none), so they may be missing.
+    has_speaker = isinstance(meta, pa.Table) and "speaker" in meta.column_names
+    needs = list(dict.fromkeys([*(["speaker"] if has_speaker else []), *([stratify] if stratify else [])]))
+    m = _Meta(meta, "random_kfold", needs, nullable=needs)
+    if k > len(m.utt_id):
+        raise ValueError(
+            f"random_kfold: k <= number of utterances must hold, got k={k} with {len(m.utt_id)} utterances; "
+            "lower k"
+        )
+    order = sorted(range(len(m.utt_id)), key=m.utt_id.__getitem__)  # by id, so the table's row order is moot
+    random.Random(seed).shuffle(order)
+    if stratify is not None:
+        values = m.columns[stratify]
+        # A stable sort by stratum keeps the shuffle within each stratum. Dealing the strata one after another
+        # then gives every group floor or ceil of each stratum's share, and group sizes still differ by <= 1.
+        order.sort(key=lambda r: (values[r] is None, values[r] or ""))
+    groups = [order[i::k] for i in range(k)]
+    corpora = m.corpora()
+    prefix = f"random_kfold-{corpora[0]}" if len(corpora) == 1 else "random_kfold"
+    folds = []
+    for i in range(k):
+        j = (i + 1) % k
+        train = [r for g in range(k) if g not in (i, j) for r in groups[g]]
+        folds.append(m.fold(f"{prefix}-{i}", train, groups[j], groups[i]))
+    return folds
+
+
 PROTOCOLS: dict[str, Callable[..., list[Fold]]] = {
     "predefined": predefined,
     "loso": loso,
     "speaker_kfold": speaker_kfold,
     "cross_corpus": cross_corpus,
+    "random_kfold": random_kfold,
 }
 
 
@@ -544,28 +640,172 @@ def build_folds(
             f"protocol {protocol!r} got unknown option(s) {unknown}; valid options: "
             f"{', '.join(valid + ['require'])}"
         )
-    if require is not None:
-        if not isinstance(meta, pa.Table) or require not in meta.column_names:
-            columns = meta.column_names if isinstance(meta, pa.Table) else []
-            raise ValueError(f"require={require!r} is not a metadata column; columns: {columns}")
-        meta = meta.filter(meta.column(require).is_valid())
-    return builder(meta, **options)
+    return builder(_require(meta, require), **options)
+
+
+def _require(meta: pa.Table, require: str | None) -> pa.Table:
+    """``meta`` without the rows where the column ``require`` is null (all rows when ``require`` is None)."""
+    if require is None:
+        return meta
+    if not isinstance(meta, pa.Table) or require not in meta.column_names:
+        columns = meta.column_names if isinstance(meta, pa.Table) else []
+        raise ValueError(f"require={require!r} is not a metadata column; columns: {columns}")
+    return meta.filter(meta.column(require).is_valid())
+
+
+def build_corpus_folds(
+    meta: pa.Table,
+    protocols: Mapping[str, tuple[str, Mapping[str, object]]],
+    *,
+    require: str | None = None,
+) -> list[Fold]:
+    """Build each corpus's folds with its own protocol, then combine fold i of every corpus into one fold i.
+
+    For one model trained on corpora whose papers split them differently (selective-MTL paper: IEMOCAP leave one
+    session out, the call-centre corpus in 5 random folds). Each corpus's builder sees that corpus's rows only.
+    Combined fold i trains on the union of the corpora's fold-i train parts, validates on the union of their
+    validation parts and tests on the union of their test parts, so no corpus's test utterance reaches any
+    combined train or validation part. The same table, protocols and seeds give the same folds.
+
+    Args:
+        meta: Shard metadata (``ShardSet.metadata()``) holding exactly the corpora named in ``protocols``.
+        protocols: Corpus name -> ``(protocol, options)``, options as :func:`build_folds` takes them (``seed``
+            included), e.g. ``{"iemocap": ("loso", {}), "callcenter": ("random_kfold", {"k": 5})}``.
+        require: Column that must be non-null, as in :func:`build_folds`; applied to every corpus.
+
+    Returns:
+        The combined folds, in fold order, named by the corpora's fold names joined with ``"+"`` in sorted corpus
+        order (``"random_kfold-callcenter-0+loso-iemocap-Ses01"``), with ``corpus/speaker`` labels and per-corpus
+        counts in ``counts_by_corpus``.
+
+    Raises:
+        ValueError: If the table's corpora and those in ``protocols`` differ, an entry is not
+            ``(protocol, options)``, an entry names ``cross_corpus`` (it needs two corpora), the corpora's fold
+            counts differ, or a corpus's builder rejects its rows (the message then names the corpus).
+        TypeError: If ``protocols`` is not a mapping, or an option is not one the corpus's protocol takes.
+    """
+    if not isinstance(protocols, Mapping):
+        raise TypeError(
+            "protocols must map each corpus to (protocol, options), e.g. {'iemocap': ('loso', {})}, got "
+            f"{type(protocols).__name__}"
+        )
+    m = _Meta(meta, "build_corpus_folds", [])  # utt_id unique across the whole table, corpus on every row
+    present, named = m.corpora(), sorted(protocols)
+    missing, absent = sorted(set(present) - set(named)), sorted(set(named) - set(present))
+    if missing or absent:
+        raise ValueError(
+            f"build_corpus_folds: every corpus in the table needs a protocol and every corpus in protocols must be "
+            f"in the table; the table holds {present}, protocols names {named} (missing from protocols: "
+            f"{missing or 'none'}; not in the table: {absent or 'none'}). Add a (protocol, options) entry for each "
+            "corpus of the table, or drop the rows or entries of the others"
+        )
+    entries = {corpus: _corpus_entry(corpus, protocols[corpus]) for corpus in present}
+
+    meta = _require(meta, require)
+    rows: dict[str, list[int]] = {corpus: [] for corpus in present}
+    for r, corpus in enumerate(meta.column("corpus").to_pylist()):
+        rows[str(corpus)].append(r)
+    per_corpus: dict[str, list[Fold]] = {}
+    for corpus in present:
+        protocol, options = entries[corpus]
+        try:
+            per_corpus[corpus] = build_folds(protocol, meta.take(rows[corpus]), **options)
+        except (ValueError, TypeError) as e:
+            # The builder saw one corpus's rows and cannot say which corpus it was.
+            raise type(e)(f"corpus {corpus!r} (protocol {protocol!r}): {e}") from e
+
+    counts = {corpus: len(folds) for corpus, folds in per_corpus.items()}
+    if len(set(counts.values())) > 1:
+        given = "; ".join(f"{c!r}: {entries[c][0]} gives {n} fold{'s' * (n != 1)}" for c, n in counts.items())
+        raise ValueError(
+            "build_corpus_folds: fold i combines fold i of every corpus, so every corpus needs the same number "
+            f"of folds, but {given}. {_fold_count_fix(entries, counts)}"
+        )
+
+    several = len(present) > 1
+    combined = []
+    for i in range(next(iter(counts.values()))):
+        parts = {corpus: per_corpus[corpus][i] for corpus in present}
+        speakers = {}
+        for part in _PARTS:
+            if any(part in f.speakers for f in parts.values()):
+                speakers[part] = tuple(sorted(
+                    f"{c}/{s}" if several else s for c, f in parts.items() for s in f.speakers.get(part, ())
+                ))
+        combined.append(Fold(
+            "+".join(f.name for f in parts.values()),
+            tuple(sorted(u for f in parts.values() for u in f.train_ids)),
+            tuple(sorted(u for f in parts.values() for u in f.val_ids)),
+            TestLockbox._union(f.test for f in parts.values()),
+            speakers=speakers,
+            counts_by_corpus={
+                "train": {c: len(f.train_ids) for c, f in parts.items()},
+                "val": {c: len(f.val_ids) for c, f in parts.items()},
+                "test": {c: len(f.test) for c, f in parts.items()},
+            },
+        ))
+    return combined
+
+
+def _corpus_entry(corpus: str, entry: object) -> tuple[str, dict]:
+    """Check one ``protocols`` value of :func:`build_corpus_folds` and return it as ``(protocol, options)``."""
+    ok = (
+        isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+        and isinstance(entry[1], Mapping)
+    )
+    if not ok:
+        raise ValueError(
+            f"protocols[{corpus!r}] must be (protocol, options), e.g. ('random_kfold', {{'k': 5}}), got {entry!r}"
+        )
+    protocol, options = entry
+    if protocol == "cross_corpus":
+        raise ValueError(
+            f"protocols[{corpus!r}]: cross_corpus trains on one corpus and tests on another, so it cannot split "
+            "one corpus's rows; use build_folds('cross_corpus', ...) on the whole table, or give "
+            f"{corpus!r} one of: {', '.join(sorted(set(PROTOCOLS) - {'cross_corpus'}))}"
+        )
+    return protocol, dict(options)
+
+
+def _fold_count_fix(entries: Mapping[str, tuple[str, dict]], counts: Mapping[str, int]) -> str:
+    """How to make the corpora's fold counts agree, for the error of :func:`build_corpus_folds`."""
+    with_k = sorted(c for c in counts if entries[c][0] in PROTOCOLS and "k" in _options(PROTOCOLS[entries[c][0]]))
+    fixed = {c: n for c, n in counts.items() if c not in with_k}
+    if with_k and fixed and len(set(fixed.values())) == 1:
+        n = next(iter(fixed.values()))
+        return (
+            f"Set k={n} in the options of {', '.join(map(repr, with_k))} to match "
+            f"{', '.join(f'{c!r} ({entries[c][0]})' for c in fixed)}"
+        )
+    if with_k and not fixed:
+        return "Set the same k for every corpus (the selective-MTL paper uses k=5)"
+    return (
+        "Choose protocols and options that give every corpus the same number of folds: speaker_kfold and "
+        "random_kfold take k, loso gives one fold per session (two with val_speaker='both'), predefined gives one"
+    )
 
 
 def fold_summary(folds: Iterable[Fold]) -> list[dict]:
-    """Per-fold counts for logging: utterances and speakers per part. Never opens a lockbox.
+    """Per-fold counts for logging: utterances and speakers per part, and per corpus. Never opens a lockbox.
 
     Args:
-        folds: Folds from :func:`build_folds`.
+        folds: Folds from :func:`build_folds` or :func:`build_corpus_folds`.
 
     Returns:
         One dict per fold: ``name``, ``n_train``, ``n_val``, ``n_test``, ``n_speakers_train``,
-        ``n_speakers_val``, ``n_speakers_test`` (None where the fold carries no speaker labels).
+        ``n_speakers_val``, ``n_speakers_test`` (None where the fold carries no speaker labels). When the fold's
+        rows span several corpora, also ``n_train_by_corpus``, ``n_val_by_corpus`` and ``n_test_by_corpus``:
+        corpus -> utterances, every corpus of the fold in each (0 where a part holds none of it).
     """
     out = []
     for f in folds:
         row = {"name": f.name, "n_train": len(f.train_ids), "n_val": len(f.val_ids), "n_test": len(f.test)}
         for part in _PARTS:
             row[f"n_speakers_{part}"] = len(f.speakers[part]) if part in f.speakers else None
+        corpora = sorted({c for by_corpus in f.counts_by_corpus.values() for c in by_corpus})
+        if len(corpora) > 1:
+            for part in _PARTS:
+                by_corpus = f.counts_by_corpus.get(part, {})
+                row[f"n_{part}_by_corpus"] = {c: by_corpus.get(c, 0) for c in corpora}
         out.append(row)
     return out

@@ -1,4 +1,4 @@
-"""Ingestion: corpus adapter -> audio checks -> librosa features -> atomic Parquet shards + manifest.
+"""Ingestion: corpus adapter -> audio checks -> speech regions + librosa features -> atomic Parquet shards + manifest.
 
 The corpus's utterances (sorted by id) are cut into fixed chunks of ``shard_size``; chunk ``i`` becomes
 ``part-0000i.parquet`` in every requested feature set's folder. Each chunk is one unit of work, so ingestion is:
@@ -10,6 +10,10 @@ The corpus's utterances (sorted by id) are cut into fixed chunks of ``shard_size
   runs chunks as Ray tasks, tests pass none and run in-process (DESIGN.md: Ray at the edge).
 * **lossless on bad input**: a file that is missing, fails to decode, is empty, NaN, silent or shorter than one
   analysis window is quarantined with its reason (``<out>/_quarantine.jsonl``) and the rest is ingested.
+
+Every ingested row also gets ``speech``: :func:`data_io.audio.speech_regions` at its defaults
+(:data:`SPEECH_DETECTION`, recorded in each manifest) on the decoded 16 kHz mono signal, so training can centre
+crops and cut windows over speech; ``words`` comes from the adapter's record.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ PROGRESS_DIR = "_progress"
 PLAN_FILE = "plan.json"
 QUARANTINE_FILE = "_quarantine.jsonl"
 DEFAULT_SHARD_SIZE = 256
+
+# What filled the speech column: speech_regions' keyword defaults plus the fixed reference percentile.
+SPEECH_DETECTION = {**audio.SPEECH_DETECTION, "ref_percentile": audio.SPEECH_REF_PERCENTILE}
 
 MapUnordered = Callable[[Callable, Sequence[tuple]], Iterator]
 
@@ -113,7 +120,8 @@ def process_chunk(chunk_index: int, records: Sequence[UtteranceRecord], configs:
             continue
         duration = len(y) / SAMPLE_RATE
         audio_seconds += duration
-        rows.append({**rec.metadata(), "duration_s": duration})
+        speech = audio.speech_regions(y, SAMPLE_RATE, **audio.SPEECH_DETECTION)
+        rows.append({**rec.metadata(), "speech": speech.ravel().tolist(), "duration_s": duration})
         for name, f in extracted.items():
             feats[name].append(f)
     parts = {}
@@ -166,8 +174,8 @@ def _check_plan(progress: Path, plan: dict) -> None:
             changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             raise IngestError(
                 f"{progress.parent} holds an ingest of this corpus with different settings ({', '.join(changed)} "
-                f"changed: the corpus files or --shard-size differ). Use a fresh --out folder, or pass "
-                f"--overwrite to re-ingest from scratch."
+                f"changed: the corpus files, --shard-size, or this emotune's schema or speech detection differ). "
+                f"Use a fresh --out folder, or pass --overwrite to re-ingest from scratch."
             )
     else:
         progress.mkdir(parents=True, exist_ok=True)
@@ -226,7 +234,8 @@ def ingest(corpus: str, root: Path, out: Path, feature_sets: Iterable[str], *,
     chunks = [records[i:i + shard_size] for i in range(0, len(records), shard_size)]
     ids_hash = hashlib.sha256("\n".join(r.utt_id for r in records).encode()).hexdigest()
     _check_plan(progress_dir, {"schema_version": SCHEMA_VERSION, "shard_size": shard_size,
-                               "n_chunks": len(chunks), "utt_ids_sha256": ids_hash, "corpus": corpus})
+                               "n_chunks": len(chunks), "utt_ids_sha256": ids_hash, "corpus": corpus,
+                               "speech_detection": SPEECH_DETECTION})
 
     summary = IngestSummary(corpus=corpus, out=out, feature_sets=feature_sets, chunks_total=len(chunks))
     wanted = {c.name: _config_hash(c) for c in configs}
@@ -284,7 +293,8 @@ def _build_manifest(corpus: str, cfg: features.FeatureConfig, label_scale, commi
     return shards.Manifest(
         schema_version=SCHEMA_VERSION, corpus=corpus, feature_set=cfg.name, feature_config=cfg.to_dict(),
         librosa_version=librosa.__version__, label_scale=list(label_scale) if label_scale else None,
-        feature_dtype=cfg.dtype, files=files, total_rows=sum(f["rows"] for f in files),
+        feature_dtype=cfg.dtype, speech_detection=dict(SPEECH_DETECTION), files=files,
+        total_rows=sum(f["rows"] for f in files),
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
 

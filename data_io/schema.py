@@ -1,16 +1,20 @@
 """The utterance schema shared by adapters, ingestion, shards, folds and trainables (DESIGN.md, Data).
 
 One row per utterance. Adapters yield :class:`UtteranceRecord`; ingestion turns each into a shard row by adding
-``duration_s``, the feature's shape columns and the feature itself. Label values stay on the corpus's own scale
-(IEMOCAP 1-5, MSP-Podcast 1-7); the manifest records the scale so trainables can normalise.
+``speech`` (where the speech is, found by ``data_io.audio.speech_regions``), ``duration_s``, the feature's shape
+columns and the feature itself. Label values stay on the corpus's own scale (IEMOCAP 1-5, MSP-Podcast 1-7); the
+manifest records the scale so trainables can normalise.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+# 2: the ``speech`` and ``words`` columns (time ranges, flat [start, end, ...] seconds).
+SCHEMA_VERSION = 2
 SAMPLE_RATE = 16_000
 
 # Canonical emotion names. Corpora use codes ("neu", "A", ...); adapters map them to these names.
@@ -27,10 +31,11 @@ GENDERS = ("F", "M")
 SPLITS = ("train", "validation", "test")
 ATTRIBUTES = ("arousal", "valence", "dominance")
 
-# Metadata columns of a shard, in order; the feature columns follow (see shards.py).
+# Metadata columns of a shard, in order; the feature columns follow (see shards.py). ``speech`` and ``words`` hold
+# time ranges in seconds from the start of the audio, flattened as [start0, end0, start1, end1, ...].
 METADATA_COLUMNS = (
     "utt_id", "corpus", "speaker", "gender", "session", "split", "style", "emotion",
-    "arousal", "valence", "dominance", "rater_hist", "duration_s",
+    "arousal", "valence", "dominance", "rater_hist", "speech", "words", "duration_s",
 )
 
 
@@ -52,6 +57,10 @@ class UtteranceRecord:
         valence: Consensus valence on the corpus scale, or None.
         dominance: Consensus dominance on the corpus scale, or None.
         rater_hist: Votes per category of :data:`EMOTION_VOCAB` (same order), for fuzzy labels; None if unknown.
+        words: Word time ranges in seconds from the start of the utterance's audio, flattened as
+            ``(start0, end0, start1, end1, ...)`` and sorted by start, when the corpus ships word alignments;
+            None otherwise. Each word needs ``0 <= start <= end``; words may touch or overlap. The shard
+            column is null for None and for an empty tuple.
     """
 
     utt_id: str
@@ -67,6 +76,7 @@ class UtteranceRecord:
     valence: float | None = None
     dominance: float | None = None
     rater_hist: tuple[float, ...] | None = None
+    words: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.utt_id:
@@ -84,12 +94,35 @@ class UtteranceRecord:
                 f"{self.utt_id}: rater_hist must have {len(EMOTION_VOCAB)} entries (EMOTION_VOCAB order), "
                 f"got {len(self.rater_hist)}"
             )
+        if self.words is not None:
+            _check_words(self.utt_id, self.words)
 
     def metadata(self) -> dict:
-        """The record's shard metadata columns (everything but duration and features)."""
+        """The record's shard metadata columns (everything but ``speech``, duration and features)."""
         return {
             "utt_id": self.utt_id, "corpus": self.corpus, "speaker": self.speaker, "gender": self.gender,
             "session": self.session, "split": self.split, "style": self.style, "emotion": self.emotion,
             "arousal": self.arousal, "valence": self.valence, "dominance": self.dominance,
             "rater_hist": list(self.rater_hist) if self.rater_hist is not None else None,
+            # An empty tuple (aligned, no word found) is stored as null too: null means "no word timing".
+            "words": list(self.words) if self.words else None,
         }
+
+
+def _check_words(utt_id: str, words: tuple[float, ...]) -> None:
+    """Raise ValueError unless ``words`` is a flat ``(start, end, ...)`` tuple of sorted, valid time ranges."""
+    layout = "flat (start0, end0, start1, end1, ...) seconds"
+    if not isinstance(words, tuple):
+        raise ValueError(f"{utt_id}: words must be a tuple, {layout}, got {type(words).__name__}")
+    if len(words) % 2:
+        raise ValueError(f"{utt_id}: words must have an even length, {layout}, got {len(words)} values")
+    for i, t in enumerate(words):
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t):
+            raise ValueError(f"{utt_id}: words must be finite numbers ({layout}), got {t!r} at index {i}")
+    starts, ends = words[0::2], words[1::2]
+    for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if not 0 <= s <= e:
+            raise ValueError(f"{utt_id}: word {k} must satisfy 0 <= start <= end (seconds), got start {s}, end {e}")
+        if k and s < starts[k - 1]:
+            raise ValueError(f"{utt_id}: words must be sorted by start time, got word {k} starting at {s} after "
+                             f"word {k - 1} starting at {starts[k - 1]}")

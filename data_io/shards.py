@@ -2,12 +2,14 @@
 
 Layout: ``<out>/<corpus>/<feature_set>/part-NNNNN.parquet`` plus ``_manifest.json`` in the same folder. One
 row per utterance: the :data:`~data_io.schema.METADATA_COLUMNS`, then ``n_frames``/``n_bins`` and ``feature``
-(the ``(frames, bins)`` matrix flattened row-major into a ``list<float32>`` or ``list<float16>``).
+(the ``(frames, bins)`` matrix flattened row-major into a ``list<float32>`` or ``list<float16>``). ``speech`` (never
+null, empty when no speech was found) and ``words`` (null without word alignments) are ``list<float32>`` time
+ranges in seconds from the start of the audio, flattened as ``[start0, end0, start1, end1, ...]``.
 
 Parts are written atomically (temp file in the same folder, fsync, ``os.replace``), so a killed ingest never
 leaves a half-written ``part-*.parquet``; the reader opens only the files the manifest lists, so stray temp
-files are ignored. :attr:`Manifest.content_hash` (schema version + feature config + every part's sha256)
-identifies the data; the sweep driver logs it as an MLflow tag.
+files are ignored. :attr:`Manifest.content_hash` (schema version, feature config, speech-detection parameters and
+every part's sha256) identifies the data; the sweep driver logs it as an MLflow tag.
 
 Reading is built for the sweep driver, which decodes a whole feature set once per node
 (:meth:`ShardSet.read_all`) and shares it through Ray's object store; see :data:`COMPRESSION` for the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import uuid
@@ -57,7 +60,11 @@ COMPRESSION = "none"
 ROW_GROUP_BYTES = 8 * 2**20
 
 _STRING_COLUMNS = ("utt_id", "corpus", "speaker", "gender", "session", "split", "style", "emotion")
-_NON_NULL = frozenset({"utt_id", "corpus", "speaker", "style", "duration_s", *SHAPE_COLUMNS, FEATURE_COLUMN})
+_NON_NULL = frozenset({"utt_id", "corpus", "speaker", "style", "speech", "duration_s", *SHAPE_COLUMNS,
+                       FEATURE_COLUMN})
+# Flat [start, end, ...] time-range columns, checked by build_table; list columns get no Parquet statistics.
+_RANGE_COLUMNS = ("speech", "words")
+_LIST_COLUMNS = ("rater_hist", *_RANGE_COLUMNS, FEATURE_COLUMN)
 
 
 class ShardError(ValueError):
@@ -71,7 +78,8 @@ def shard_schema(feature_dtype: str) -> pa.Schema:
         feature_dtype: ``"float32"`` or ``"float16"``, the storage type of the feature values.
 
     Returns:
-        The schema: the metadata columns, ``n_frames``, ``n_bins``, ``feature``.
+        The schema: the metadata columns (``speech`` and ``words`` as ``list<float32>``), ``n_frames``,
+        ``n_bins``, ``feature``.
 
     Raises:
         ValueError: An unknown ``feature_dtype``.
@@ -86,6 +94,8 @@ def shard_schema(feature_dtype: str) -> pa.Schema:
         pa.field("valence", pa.float32()),
         pa.field("dominance", pa.float32()),
         pa.field("rater_hist", pa.list_(pa.float32())),
+        pa.field("speech", pa.list_(pa.float32()), nullable=False),
+        pa.field("words", pa.list_(pa.float32())),
         pa.field("duration_s", pa.float32(), nullable=False),
         pa.field("n_frames", pa.int32(), nullable=False),
         pa.field("n_bins", pa.int32(), nullable=False),
@@ -93,11 +103,70 @@ def shard_schema(feature_dtype: str) -> pa.Schema:
     ])
 
 
+def _check_ranges(i: int, row: dict, name: str) -> None:
+    """Raise ValueError unless ``row[name]`` is a flat ``[start, end, ...]`` list of sorted ranges in seconds."""
+    value = row[name]
+    if value is None:
+        return
+    where = f"row {i} ({row.get('utt_id')!r}): column {name!r}"
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be a flat list [start0, end0, start1, end1, ...] of seconds, got "
+                         f"{value!r}") from None
+    if a.ndim != 1 or len(a) % 2:
+        raise ValueError(f"{where} must be a flat list [start0, end0, start1, end1, ...] of seconds, got shape "
+                         f"{a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where} must hold finite seconds, got {a.tolist()}")
+    starts, ends = a[0::2], a[1::2]
+    bad = np.flatnonzero((starts < 0) | (ends < starts))
+    if len(bad):
+        k = int(bad[0])
+        raise ValueError(f"{where}: range {k} must satisfy 0 <= start <= end, got [{starts[k]}, {ends[k]}]")
+    if np.any(np.diff(starts) < 0):
+        k = int(np.flatnonzero(np.diff(starts) < 0)[0]) + 1
+        raise ValueError(f"{where}: ranges must be sorted by start, got range {k} starting at {starts[k]} after "
+                         f"one starting at {starts[k - 1]}")
+    duration = row.get("duration_s")
+    if name == "speech" and duration is not None and len(ends) and ends.max() > duration:
+        raise ValueError(f"{where}: speech must end by duration_s {duration}, got a range ending at "
+                         f"{ends.max()}")
+
+
+def _ranges_ok(rows: list[dict], name: str) -> bool:
+    """Every row's ``name`` passes :func:`_check_ranges`, checked in one vectorised pass over all rows.
+
+    The per-row check costs about as much as detecting the speech itself; this one is ~20x cheaper. Anything it
+    cannot vectorise (a nested list, a null duration) returns False and the per-row check gives the message.
+    """
+    present = [(row[name], row.get("duration_s")) for row in rows if row[name] is not None]
+    if not present:
+        return True
+    try:
+        lengths = np.fromiter((len(v) for v, _ in present), dtype=np.int64, count=len(present))
+        flat = np.fromiter(itertools.chain.from_iterable(v for v, _ in present), dtype=np.float64,
+                           count=int(lengths.sum()))
+        if np.any(lengths % 2) or not np.isfinite(flat).all():
+            return False
+        starts, ends = flat[0::2], flat[1::2]
+        row_of = np.repeat(np.arange(len(present)), lengths // 2)
+        if np.any(starts < 0) or np.any(ends < starts) or np.any((np.diff(starts) < 0) & (np.diff(row_of) == 0)):
+            return False
+        if name == "speech":
+            durations = np.array([d for _, d in present], dtype=np.float64)
+            return not np.any(ends > durations[row_of])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def build_table(rows: list[dict], features: list[np.ndarray], feature_dtype: str = "float32") -> pa.Table:
     """Build one shard's table from metadata rows and feature matrices.
 
     Args:
-        rows: ``UtteranceRecord.metadata()`` dicts plus ``duration_s``, one per utterance.
+        rows: ``UtteranceRecord.metadata()`` dicts plus ``speech`` (flat ``[start, end, ...]`` seconds, ``[]``
+            when there is no speech) and ``duration_s``, one per utterance.
         features: ``(frames, bins)`` arrays in the same order (a 1-D array is one frame, as for functionals).
         feature_dtype: Storage type of the values, ``"float32"`` or ``"float16"``.
 
@@ -106,7 +175,8 @@ def build_table(rows: list[dict], features: list[np.ndarray], feature_dtype: str
 
     Raises:
         ValueError: Row and feature counts differ, a row lacks or adds a column, a required column is null,
-            or a feature is not 1-D/2-D or has other bins than the first row.
+            ``speech`` or ``words`` is not a flat list of sorted ``0 <= start <= end`` ranges (or speech ends
+            after ``duration_s``), or a feature is not 1-D/2-D or has other bins than the first row.
     """
     schema = shard_schema(feature_dtype)
     if len(rows) != len(features):
@@ -118,6 +188,10 @@ def build_table(rows: list[dict], features: list[np.ndarray], feature_dtype: str
         if missing or extra:
             raise ValueError(f"row {i} ({row.get('utt_id')!r}): columns must be exactly "
                              f"{list(METADATA_COLUMNS)}; missing {missing}, unexpected {extra}")
+    for name in _RANGE_COLUMNS:
+        if not _ranges_ok(rows, name):
+            for i, row in enumerate(rows):
+                _check_ranges(i, row, name)
     shapes = np.zeros((len(features), 2), dtype=np.int64)
     flat = []
     for i, f in enumerate(features):
@@ -203,7 +277,7 @@ def write_shard(table: pa.Table, path: str | os.PathLike, *, compression: str = 
             # Dictionaries pay off for the repeated label strings only; on floats they are tried, abandoned
             # after the first page and cost write time.
             use_dictionary=[c for c in _STRING_COLUMNS if c != "utt_id"],
-            write_statistics=[c for c in table.column_names if c not in (FEATURE_COLUMN, "rater_hist")],
+            write_statistics=[c for c in table.column_names if c not in _LIST_COLUMNS],
         )
         fd = os.open(tmp, os.O_RDWR)
         try:
@@ -232,6 +306,7 @@ class Manifest:
         librosa_version: The librosa that extracted the features.
         label_scale: ``[low, high]`` of the corpus's attribute labels, or None when it has none.
         feature_dtype: ``"float32"`` or ``"float16"``.
+        speech_detection: Parameters of ``data_io.audio.speech_regions`` that filled the ``speech`` column.
         files: ``{"name", "rows", "bytes", "sha256"}`` per part file, in row order.
         total_rows: Sum of the files' rows.
         created: ISO-8601 time of writing (not part of :attr:`content_hash`).
@@ -244,16 +319,18 @@ class Manifest:
     librosa_version: str
     label_scale: list[float] | None
     feature_dtype: str
+    speech_detection: dict
     files: list[dict] = field(default_factory=list)
     total_rows: int = 0
     created: str = ""
 
     @property
     def content_hash(self) -> str:
-        """sha256 over schema version, feature config and each file's (name, sha256): identifies the data."""
+        """sha256 over schema version, feature config, speech detection and each file's (name, sha256)."""
         payload = {
             "schema_version": self.schema_version,
             "feature_config": self.feature_config,
+            "speech_detection": self.speech_detection,
             "files": sorted([f["name"], f["sha256"]] for f in self.files),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -289,6 +366,12 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     return path
 
 
+def _check_schema_version(where: Path, version: Any) -> None:
+    if version != SCHEMA_VERSION:
+        raise ShardError(f"{where} has schema version {version}; this emotune reads version "
+                         f"{SCHEMA_VERSION}. Re-run `emotune ingest` into a fresh --out folder.")
+
+
 def read_manifest(folder: str | os.PathLike) -> Manifest:
     """Read ``<folder>/_manifest.json``.
 
@@ -299,8 +382,9 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         The :class:`Manifest`.
 
     Raises:
-        ShardError: The file is missing, not JSON or lacks a field, or its stored content hash disagrees with
-            its contents (it was edited by hand).
+        ShardError: The file is missing, not JSON, from another schema version (checked first: older versions
+            lack fields this one has), lacks a field, or its stored content hash disagrees with its contents
+            (it was edited by hand).
     """
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
@@ -310,6 +394,11 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ShardError(f"{path} is not valid JSON ({err}); re-run `emotune ingest` to rewrite it") from None
+    if not isinstance(raw, dict):
+        raise ShardError(f"{path} must hold a JSON object, got {type(raw).__name__}; re-run `emotune ingest` "
+                         f"into a fresh --out folder")
+    if "schema_version" in raw:
+        _check_schema_version(path, raw["schema_version"])
     names = [f.name for f in fields(Manifest)]
     missing = [n for n in names if n not in raw]
     if missing:
@@ -576,11 +665,8 @@ def open_shards(folder: str | os.PathLike, verify_checksums: bool = False) -> Sh
     if not folder.is_dir():
         raise ShardError(f"shard folder {folder} does not exist; run `emotune ingest --corpus CORPUS --root "
                          f"ROOT --out OUT --features SET` first and pass OUT/CORPUS/SET")
-    manifest = read_manifest(folder)
+    manifest = read_manifest(folder)  # also refuses another schema version
     where = folder / MANIFEST_NAME
-    if manifest.schema_version != SCHEMA_VERSION:
-        raise ShardError(f"{where} has schema version {manifest.schema_version}; this emotune reads version "
-                         f"{SCHEMA_VERSION}. Re-run `emotune ingest` into a fresh --out folder.")
     if manifest.feature_dtype not in FEATURE_DTYPES:
         raise ShardError(f"{where} has feature_dtype {manifest.feature_dtype!r}, expected one of "
                          f"{FEATURE_DTYPES}. Re-run `emotune ingest` into a fresh --out folder.")

@@ -12,9 +12,12 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
       shards: [shards/msp_podcast/functionals]   # relative paths resolve against the config file's folder
       protocol: predefined            # predefined | loso | speaker_kfold | cross_corpus
       protocol_options: {}            # passed to the fold builder (k, seed, train_corpus, ...)
+      corpus_protocols: {}            # per corpus: {callcenter: {protocol: random_kfold, k: 5}}; folds combine
       targets: [arousal, valence, dominance]
+      encoders: {}                    # per target: scaled | classes | soft5 | soft | levels | kmeans | speakers
       emotion_classes: null           # required when targets include emotion
       emotion_merge: {}               # e.g. {excited: happy}
+      auxiliary: []                   # unlabeled / auxiliary shard sets: [path, or {shards: path, targets: [...]}]
     model: {family: ladder, variants: [ladder_mtl], fixed: {}}
     search: {sampler: tpe, num_samples: 16, max_concurrent: 2, scheduler: asha, grace_period: 2,
              reduction_factor: 2, metric: val_ccc_arousal, mode: max, seed: 0, ranges: {}, grids: {},
@@ -54,10 +57,10 @@ SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options}
 # Fixed weight pairs whose sum must stay <= 1 (the ladder's Eq. 2 gives dominance 1 - alpha - beta).
 SUM_AT_MOST_ONE: dict[str, tuple[str, str]] = {"ladder": ("alpha", "beta")}
 
-Target = Literal["arousal", "valence", "dominance", "emotion", "gender", "speaker", "style"]
+# Metadata columns a target can be read from; other target names are derived by their encoder (kmeans).
+TARGETS: tuple[str, ...] = ("arousal", "valence", "dominance", "emotion", "gender", "speaker", "style")
 Sampler = Literal["tpe", "random", "grid", "cmaes"]
-Protocol = Literal["predefined", "loso", "speaker_kfold", "cross_corpus"]
-TARGETS: tuple[str, ...] = get_args(Target)
+Protocol = Literal["predefined", "loso", "speaker_kfold", "cross_corpus", "random_kfold"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
@@ -90,15 +93,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AuxiliaryConfig(_Section):
+    """An auxiliary shard set: its rows train only ``targets`` (none: unlabeled audio), never validate or score."""
+
+    shards: str = Field(min_length=1)
+    targets: list[str] = Field(default_factory=list)
+
+
 class DataConfig(_Section):
     """Which shards, how they are split into folds, and what is predicted."""
 
     shards: list[str] = Field(min_length=1)
     protocol: Protocol = "predefined"
     protocol_options: dict[str, Any] = Field(default_factory=dict)
-    targets: list[Target] = Field(default_factory=lambda: ["arousal", "valence", "dominance"], min_length=1)
+    corpus_protocols: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    targets: list[str] = Field(default_factory=lambda: ["arousal", "valence", "dominance"], min_length=1)
+    encoders: dict[str, str | dict[str, Any]] = Field(default_factory=dict)
     emotion_classes: list[str] | None = None
     emotion_merge: dict[str, str] = Field(default_factory=dict)
+    auxiliary: list[AuxiliaryConfig] = Field(default_factory=list)
+
+    @field_validator("auxiliary", mode="before")
+    @classmethod
+    def _auxiliary_paths(cls, value: Any) -> Any:
+        # A bare path is an unlabeled set: `auxiliary: [shards/ami/spectrogram]`.
+        if isinstance(value, list):
+            return [{"shards": v} if isinstance(v, str) else v for v in value]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -107,6 +128,27 @@ class DataConfig(_Section):
             problems.append((("shards",), "an empty path; give a shard folder"))
         if len(set(self.targets)) != len(self.targets):
             problems.append((("targets",), f"duplicate targets in {self.targets}; list each once"))
+        for t in self.targets:
+            if not t.isidentifier():
+                problems.append((("targets",), f"{t!r} is not a target name; use letters, digits and '_'"))
+            elif t not in TARGETS and t not in self.encoders:
+                problems.append((("targets",), f"{t!r} is not a metadata target {list(TARGETS)}; a derived target "
+                                               f"needs its encoder in data.encoders, e.g. {{{t}: {{encoder: kmeans, "
+                                               f"k: 3}}}}"))
+        for t in self.encoders:
+            if t not in self.targets:
+                problems.append((("encoders", t), f"not in data.targets {self.targets}; add it there or remove it"))
+        for i, aux in enumerate(self.auxiliary):
+            for t in aux.targets:
+                if t not in self.targets:
+                    problems.append((("auxiliary", i, "targets"), f"{t!r} is not in data.targets {self.targets}; an "
+                                                                  f"auxiliary set trains only targets of the sweep"))
+        for corpus, entry in self.corpus_protocols.items():
+            protocol = entry.get("protocol")
+            if protocol not in get_args(Protocol):
+                problems.append((("corpus_protocols", corpus, "protocol"),
+                                 f"must be one of {list(get_args(Protocol))}, got {protocol!r}; e.g. "
+                                 f"{{protocol: random_kfold, k: 5}}"))
         classes = self.emotion_classes
         if "emotion" in self.targets and not classes:
             problems.append((("emotion_classes",), "required when data.targets includes emotion; list the classes, "
@@ -312,8 +354,11 @@ class SweepConfig(_Section):
 
     def resolved_shards(self, base: Path | str) -> list[Path]:
         """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder)."""
-        paths = [Path(s).expanduser() for s in self.data.shards]
-        return [(p if p.is_absolute() else Path(base) / p).resolve() for p in paths]
+        return _resolve(self.data.shards, base)
+
+    def resolved_auxiliary(self, base: Path | str) -> list[Path]:
+        """``data.auxiliary[*].shards`` as absolute paths, resolved like :meth:`resolved_shards`."""
+        return _resolve([a.shards for a in self.data.auxiliary], base)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"search.sampler": "tpe", "model.fixed.target": "arousal", ...}`` for MLflow params.
@@ -389,6 +434,11 @@ def load_sweep_config(path: Path | str, families: Collection[str] | None = None)
         return SweepConfig.model_validate(raw, context=_context(families))
     except ConfigError as err:
         raise ConfigError(err.problems, str(path)) from None
+
+
+def _resolve(paths: list[str], base: Path | str) -> list[Path]:
+    found = [Path(p).expanduser() for p in paths]
+    return [(p if p.is_absolute() else Path(base) / p).resolve() for p in found]
 
 
 def _context(families: Collection[str] | None) -> dict:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data_io.examples import ExampleSpec
+from data_io.feed import Feed
 from trainables.base import REGRESSION_TARGETS, DataSpec, SERModel
 from trainables.metrics import ccc_loss
 
@@ -83,6 +85,10 @@ class LadderConfig:
         if self.dae_pretrain_epochs < 0 or self.denoise_hidden < 1:
             raise ValueError(f"dae_pretrain_epochs >= 0 and denoise_hidden >= 1 must hold, got "
                              f"{self.dae_pretrain_epochs} and {self.denoise_hidden}")
+
+    def feed(self) -> Feed:
+        """One z-normalised functionals vector per utterance, every labelled training row once per epoch."""
+        return Feed(examples=ExampleSpec.vector())
 
     @property
     def is_ladder(self) -> bool:

@@ -17,16 +17,19 @@ import copy
 import dataclasses
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from data_io import datasets
+from data_io.feed import EvalSet, Feed, TrainSet, class_names, corpus_groups, device_stream, fit_encoders, labelled_only
+from data_io.store import FeatureStore, Normalizer, fit_normalizer
+from data_io.targets import TargetSpec
 from trainables import metrics as M
-from trainables.base import REGRESSION_TARGETS, DataSpec, SERModel
-from trainables.data import FeatureStore, SearchData
+from trainables.base import DataSpec, SERModel
+from trainables.data import SearchData, build_encoders
 from trainables.registry import Family, get_family
 
 # Keys of a trial config that drive the loop rather than the model.
@@ -68,79 +71,57 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ---- data for one fold ---------------------------------------------------------------------------------------
+# ---- one fold ------------------------------------------------------------------------------------------------
 
-@dataclass
-class Split:
-    """Tensors of one part of a fold: features ``x`` and encoded targets/masks (base.py batch layout)."""
-
-    x: torch.Tensor
-    labels: dict[str, torch.Tensor]
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"x": self.x[idx], "utt_index": idx, **{k: v[idx] for k, v in self.labels.items()}}
+def data_spec(feed: Feed, store: FeatureStore, encoders: Mapping, targets: tuple[str, ...]) -> DataSpec:
+    """Sizes from the data: the example shape, each target's kind and class count (fitted encoders)."""
+    kinds = {t: encoders[t].kind for t in targets}
+    n_classes = {t: int(encoders[t].n_classes) for t in targets if kinds[t] != "regression"}
+    return DataSpec(input_shape=feed.examples.input_shape(store), targets=tuple(targets), n_classes=n_classes,
+                    kinds=kinds)
 
 
-def encode_labels(store: FeatureStore, rows: np.ndarray, targets: tuple[str, ...], classes: Mapping,
-                  merge: Mapping) -> dict[str, np.ndarray]:
-    """Targets and masks of ``rows``, each corpus's attributes scaled from its own scale to [-1, 1]."""
-    return datasets.encode_targets(store.meta.take(rows), targets, store.label_scales,
-                                   classes=dict(classes) or None, merge=dict(merge) or None)
+def eval_batch_size(spec: DataSpec) -> int:
+    """Examples per evaluation batch: about 32 MiB of float32 input, at most 4096 examples."""
+    return int(max(1, min(4096, 2**23 // int(np.prod(spec.input_shape)))))
 
-
-def _to_split(x: np.ndarray, labels: dict[str, np.ndarray], mean: np.ndarray, std: np.ndarray,
-              device: torch.device) -> Split:
-    xs = torch.from_numpy(((x - mean) / std).astype(np.float32, copy=False)).to(device)
-    ys = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in labels.items()}
-    return Split(xs, ys)
-
-
-def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std over training rows (and frames), std floored so silent bins stay finite."""
-    axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axis=axes, dtype=np.float64).astype(np.float32)
-    std = np.maximum(x.std(axis=axes, dtype=np.float64), 1e-5).astype(np.float32)
-    return mean, std
-
-
-def data_spec(data: SearchData, x_example: np.ndarray) -> DataSpec:
-    n_classes = {t: len(data.classes[t]) for t in data.targets if t not in REGRESSION_TARGETS}
-    return DataSpec(input_shape=tuple(x_example.shape[1:]), targets=tuple(data.targets), n_classes=n_classes)
-
-
-# ---- evaluation -----------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_split(model: SERModel, split: Split, batch_size: int) -> dict[str, np.ndarray]:
-    """Model outputs over a whole split (eval mode), as numpy arrays in row order."""
+def predict_set(model: SERModel, evalset: EvalSet, spec: DataSpec, device: torch.device) -> dict[str, np.ndarray]:
+    """Model outputs per utterance (eval mode): class/soft logits become posteriors, then examples are averaged."""
     model.eval()
     outs: dict[str, list] = {}
-    for idx in torch.arange(len(split), device=split.x.device).split(batch_size):
-        for key, val in model.predict(split.batch(idx)).items():
+    for batch in device_stream(evalset.batches(eval_batch_size(spec)), device):
+        for key, val in model.predict(batch).items():
+            if key in spec.kinds and spec.kind(key) != "regression":
+                val = torch.softmax(val.float(), dim=-1)
             outs.setdefault(key, []).append(val.float().cpu())
-    return {k: torch.cat(v).numpy() for k, v in outs.items()}
+    return evalset.pool({k: torch.cat(v).numpy() for k, v in outs.items()})
 
 
-def score(preds: Mapping[str, np.ndarray], labels: Mapping[str, torch.Tensor], prefix: str) -> dict[str, float]:
-    """Metrics of predictions against labels: CCC and Pearson r per attribute, UA/WA/macro-F1 per class target.
+def score(outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], spec: DataSpec,
+          prefix: str) -> dict[str, float]:
+    """Metrics of utterance-level outputs: CCC and Pearson r per regression target, UA/WA/macro-F1 per class or
+    soft target (a soft label's class is its argmax); ``<prefix>_ccc_mean`` over the regression targets.
 
-    Also ``<prefix>_ccc_mean``, the mean CCC over the attributes the model predicts (the MTL objective).
+    Targets with no labelled utterance (e.g. speakers unseen in training) get no metric.
     """
     out: dict[str, float] = {}
     cccs = []
-    for target, pred in preds.items():
-        mask = labels[f"{target}_mask"].cpu().numpy().astype(bool)
-        truth = labels[target].cpu().numpy()[mask]
-        pred = pred[mask]
-        if target in REGRESSION_TARGETS:
+    for target, pred in outputs.items():
+        if target not in spec.kinds:
+            continue  # an auxiliary output (an embedding); families score it in extra_metrics
+        mask = labels[f"{target}_mask"]
+        if not mask.any():
+            continue
+        truth, pred = labels[target][mask], pred[mask]
+        if spec.kind(target) == "regression":
             c = M.ccc(pred, truth)
             out[f"{prefix}_ccc_{target}"] = c
             out[f"{prefix}_pearson_{target}"] = M.pearson_r(pred, truth)
             cccs.append(c)
         else:
+            truth = truth.argmax(axis=-1) if truth.ndim == 2 else truth
             label_pred = pred.argmax(axis=-1)
             out[f"{prefix}_ua_{target}"] = M.unweighted_accuracy(label_pred, truth)
             out[f"{prefix}_wa_{target}"] = M.weighted_accuracy(label_pred, truth)
@@ -150,47 +131,76 @@ def score(preds: Mapping[str, np.ndarray], labels: Mapping[str, torch.Tensor], p
     return out
 
 
-# ---- one fold's model --------------------------------------------------------------------------------------
+def evaluate(model: SERModel, evalset: EvalSet, spec: DataSpec, device: torch.device, prefix: str) -> dict[str, float]:
+    """Score a model on an evaluation set: overall, per corpus (``<metric>.<corpus>``) and their mean
+    (``<metric>.corpus_mean``) when the set spans several corpora, plus the family's ``extra_metrics``."""
+    outputs = predict_set(model, evalset, spec, device)
+    meta = evalset.meta
+
+    def metrics(out: Mapping, labels: Mapping, part: pa.Table) -> dict[str, float]:
+        found = score(out, labels, spec, prefix)
+        found.update({f"{prefix}_{k}": float(v) for k, v in model.extra_metrics(out, labels, part).items()})
+        return found
+
+    result = metrics(outputs, evalset.labels, meta)
+    groups = corpus_groups(meta)
+    if len(groups) > 1:
+        per_corpus = {}
+        for corpus, pos in groups.items():
+            per_corpus[corpus] = metrics({k: v[pos] for k, v in outputs.items()},
+                                         {k: v[pos] for k, v in evalset.labels.items()}, meta.take(pos))
+        for key in list(result):
+            values = [m[key] for m in per_corpus.values() if key in m]
+            result.update({f"{key}.{c}": m[key] for c, m in per_corpus.items() if key in m})
+            if len(values) == len(per_corpus):
+                result[f"{key}.corpus_mean"] = float(np.mean(values))
+    return result
+
 
 class FoldRun:
-    """Model, optimizers, normalisation and data of one fold."""
+    """Model, optimizers, target encoders, normalisation and data views of one fold."""
 
-    def __init__(self, family: Family, cfg, data: SearchData, fold_index: int, seed: int, device: torch.device,
-                 frames: int | None):
+    def __init__(self, family: Family, cfg, feed: Feed, data: SearchData, fold_index: int, seed: int,
+                 device: torch.device):
         fold = data.folds[fold_index]
-        self.name = fold.name
+        self.name, self.device = fold.name, device
         store = data.store
-        train_rows, val_rows = store.rows(fold.train_ids), store.rows(fold.val_ids)
-        x_train = store.feature_matrix(train_rows, frames)
-        x_val = store.feature_matrix(val_rows, frames)
-        self.mean, self.std = feature_stats(x_train)  # training rows only: validation must not leak into it
-        self.train = _to_split(x_train, encode_labels(store, train_rows, data.targets, data.classes,
-                                                      data.emotion_merge), self.mean, self.std, device)
-        self.val = _to_split(x_val, encode_labels(store, val_rows, data.targets, data.classes, data.emotion_merge),
-                             self.mean, self.std, device)
-        self.spec = data_spec(data, x_train)
+        # Auxiliary rows train every fold; they are never validated (DESIGN.md, Data).
+        train_rows = np.concatenate([store.rows(fold.train_ids), store.auxiliary_rows()])
+        val_rows = labelled_only(store, store.rows(fold.val_ids))
+        self.encoders = data.new_encoders()
+        fit_encoders(self.encoders, store, train_rows)  # training rows only: validation must not leak into them
+        self.normalizer = fit_normalizer(store, train_rows, feed.normalization)
+        self.generator = torch.Generator().manual_seed(seed + 1000 * fold_index)
+        self.train = TrainSet(feed, store, train_rows, self.encoders, self.normalizer, self.generator)
+        self.val = EvalSet(feed, store, val_rows, self.encoders, self.normalizer)
+        self.spec = data_spec(feed, store, self.encoders, data.targets)
         torch.manual_seed(seed + 1000 * fold_index)  # different folds start from different weights
         self.model = family.model_cls(cfg, self.spec).to(device)
         self.optimizers = self.model.configure_optimizers()
-        self.generator = torch.Generator().manual_seed(seed + 1000 * fold_index)
+        self.data_seconds = 0.0
 
     def train_epoch(self, epoch: int, batch_size: int) -> float:
         self.model.set_epoch(epoch)
         self.model.train()
         losses = []
-        order = torch.randperm(len(self.train), generator=self.generator).to(self.train.x.device)
-        for idx in order.split(batch_size):
-            if len(idx) < 2:  # batch norm cannot train on one row
-                continue
-            logs = self.model.training_step(self.train.batch(idx), self.optimizers)
-            losses.append(logs["loss"])
+        stream = device_stream(self.train.batches(batch_size), self.device)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(stream, None)
+            self.data_seconds += time.perf_counter() - t0  # time the step waited for its batch
+            if batch is None:
+                break
+            losses.append(self.model.training_step(batch, self.optimizers)["loss"])
         return float(np.mean(losses)) if losses else math.nan
 
     def state(self) -> dict:
         """A snapshot (deep copy): ``state_dict`` tensors are live and the next step would change them."""
         return copy.deepcopy({"name": self.name, "model": self.model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                "mean": torch.from_numpy(self.mean), "std": torch.from_numpy(self.std),
+                "normalization": self.normalizer.kind, "mean": torch.from_numpy(self.normalizer.shift),
+                "std": torch.from_numpy(self.normalizer.scale), "spec": _spec_dict(self.spec),
+                "encoders": {t: e.state_dict() for t, e in self.encoders.items()},
                 "generator": self.generator.get_state(), "epoch": self.model.epoch})
 
     def load_state(self, state: Mapping) -> None:
@@ -199,6 +209,11 @@ class FoldRun:
             opt.load_state_dict(state["optimizers"][key])
         self.generator.set_state(state["generator"])
         self.model.set_epoch(int(state["epoch"]))
+
+
+def _spec_dict(spec: DataSpec) -> dict:
+    return {"input_shape": list(spec.input_shape), "targets": list(spec.targets), "n_classes": dict(spec.n_classes),
+            "kinds": dict(spec.kinds)}
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -230,8 +245,8 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
     device = torch.device(device)
     seed = int(loop["seed"])
     seed_everything(seed)
-    frames = getattr(cfg, "frames", None)
-    folds = [FoldRun(family, cfg, data, k, seed, device, frames) for k in range(len(data.folds))]
+    feed = family_feed(cfg)
+    folds = [FoldRun(family, cfg, feed, data, k, seed, device) for k in range(len(data.folds))]
     metric, mode = loop["metric"], loop["mode"]
     start_epoch, best, best_epoch, bad_epochs = 0, None, 0, 0
     if resume_state is not None:
@@ -245,13 +260,20 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
     last: dict = {}
     for epoch in range(start_epoch, int(loop["max_epochs"])):
         train_losses, fold_metrics = [], []
+        started = time.perf_counter()
         for fold in folds:
+            fold.data_seconds = 0.0
             train_losses.append(fold.train_epoch(epoch, int(loop["batch_size"])))
-            fold_metrics.append(score(predict_split(fold.model, fold.val, 4096), fold.val.labels, "val"))
-        metrics = {k: float(np.mean([m[k] for m in fold_metrics])) for k in fold_metrics[0]}
+        train_seconds = time.perf_counter() - started
+        for fold in folds:
+            fold_metrics.append(evaluate(fold.model, fold.val, fold.spec, device, "val"))
+        metrics = mean_over_folds(fold_metrics)
         if metric not in metrics:
             raise ValueError(f"search.metric {metric!r} is not produced by this model; it reports {sorted(metrics)}")
-        metrics.update(epoch=epoch + 1, train_loss=float(np.mean(train_losses)))
+        # Share of the training time spent waiting for batches (building them on the CPU, or the prefetch falling
+        # behind on a GPU): the data path's cost, next to the step's.
+        data_share = sum(f.data_seconds for f in folds) / max(train_seconds, 1e-9)
+        metrics.update(epoch=epoch + 1, train_loss=float(np.mean(train_losses)), data_time_share=data_share)
         improved = _better(metrics[metric], best, mode)
         if improved:
             best, best_epoch, bad_epochs = metrics[metric], epoch + 1, 0
@@ -263,9 +285,11 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
             state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                      "torch_rng": torch.get_rng_state(), "folds": [f.state() for f in folds],
                      "config": {k: _plain(v) for k, v in config.items()},
-                     "spec": {"input_shape": list(folds[0].spec.input_shape), "targets": list(data.targets),
-                              "n_classes": dict(folds[0].spec.n_classes)},
-                     "classes": {k: list(v) for k, v in data.classes.items()},
+                     "spec": _spec_dict(folds[0].spec), "classes": class_names(folds[0].encoders),
+                     "targets": [{"name": t.name, "encoder": t.encoder, "options": _plain(dict(t.options))}
+                                 for t in data.target_specs],
+                     "emotion_classes": list(data.classes.get("emotion") or []),
+                     "emotion_merge": dict(data.emotion_merge),
                      "fold_metrics": [{k: float(v) for k, v in m.items()} for m in fold_metrics]}
         report(metrics, state)
         last = metrics
@@ -274,8 +298,24 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
     return last
 
 
+def mean_over_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over the folds that report it (a corpus may be absent from a fold's rows)."""
+    keys = dict.fromkeys(k for m in fold_metrics for k in m)
+    return {k: float(np.mean([m[k] for m in fold_metrics if k in m])) for k in keys}
+
+
+def family_feed(cfg) -> Feed:
+    """The family's data needs (``cfg.feed()``); a config without one takes vectors (utterance-level features)."""
+    feed = cfg.feed() if hasattr(cfg, "feed") else Feed()
+    if not isinstance(feed, Feed):
+        raise TypeError(f"{type(cfg).__name__}.feed() must return a data_io.feed.Feed, got {type(feed).__name__}")
+    return feed
+
+
 def _plain(value):
-    """Config values as checkpoint-safe primitives (tuples -> lists)."""
+    """Config values as checkpoint-safe primitives (tuples -> lists, mappings -> dicts)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value
@@ -296,42 +336,47 @@ class Standardized(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+def _spec_from(d: Mapping) -> DataSpec:
+    return DataSpec(input_shape=tuple(d["input_shape"]), targets=tuple(d["targets"]), n_classes=dict(d["n_classes"]),
+                    kinds=dict(d.get("kinds", {})))
+
+
 def model_from_state(state: Mapping, fold_index: int = 0) -> tuple[SERModel, dict]:
     """Rebuild one fold's model (eval mode) and its normalisation from a checkpoint state."""
     family = get_family(state["config"]["family"])
     model_kwargs, _ = split_config(state["config"], family)
     cfg = family.config_cls(**model_kwargs)
-    spec_d = state["spec"]
-    spec = DataSpec(input_shape=tuple(spec_d["input_shape"]), targets=tuple(spec_d["targets"]),
-                    n_classes=dict(spec_d["n_classes"]))
     fold = state["folds"][fold_index]
-    model = family.model_cls(cfg, spec)
+    model = family.model_cls(cfg, _spec_from(fold.get("spec", state["spec"])))
     model.load_state_dict(fold["model"])
     model.set_epoch(int(fold["epoch"]))
     model.eval()
-    return model, {"mean": fold["mean"], "std": fold["std"]}
+    return model, {"mean": fold["mean"], "std": fold["std"], "normalization": fold.get("normalization", "zscore")}
 
 
-def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]], targets: tuple[str, ...],
-                   merge: Mapping, prefix: str) -> dict[str, float]:
+def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]], prefix: str = "test"
+                   ) -> dict[str, float]:
     """Score a checkpoint state's fold models on the given rows of each fold (mean over folds).
 
-    Used by the driver for test scoring: ``fold_ids[k]`` are fold k's test ids, read from its lockbox once.
-    Class targets are encoded with the class lists the models were trained with (saved in the state).
+    Used by the driver for test scoring: ``fold_ids[k]`` are fold k's test ids, read from its lockbox once. Targets
+    are encoded by the encoders the fold trained with (class lists, clusters, speakers: restored from the state), and
+    examples are made and pooled per utterance as in validation.
     """
-    classes = state.get("classes", {})
     family = get_family(state["config"]["family"])
-    model_kwargs, loop = split_config(state["config"], family)
-    frames = getattr(family.config_cls(**model_kwargs), "frames", None)
+    model_kwargs, _ = split_config(state["config"], family)
+    feed = family_feed(family.config_cls(**model_kwargs))
+    specs = [TargetSpec(t["name"], t["encoder"], dict(t["options"])) for t in state["targets"]]
     per_fold = []
     for k, ids in enumerate(fold_ids):
         model, norm = model_from_state(state, k)
-        rows = store.rows(ids)
-        x = store.feature_matrix(rows, frames)
-        split = _to_split(x, encode_labels(store, rows, targets, classes, merge), norm["mean"].numpy(),
-                          norm["std"].numpy(), torch.device("cpu"))
-        per_fold.append(score(predict_split(model, split, 4096), split.labels, prefix))
-    return {k: float(np.mean([m[k] for m in per_fold])) for k in per_fold[0]}
+        encoders = build_encoders(specs, store, {"emotion": state.get("emotion_classes") or None},
+                                  state.get("emotion_merge"))
+        for target, enc in encoders.items():
+            enc.load_state_dict(state["folds"][k]["encoders"][target])
+        normalizer = Normalizer(norm["normalization"], norm["mean"].numpy(), norm["std"].numpy())
+        evalset = EvalSet(feed, store, labelled_only(store, store.rows(ids)), encoders, normalizer)
+        per_fold.append(evaluate(model, evalset, model.spec, torch.device("cpu"), prefix))
+    return mean_over_folds(per_fold)
 
 
 def config_dict(cfg) -> dict:

@@ -59,8 +59,37 @@ def test_records_agree_with_the_generators_truth(synth_root, layout):
         assert (r.speaker, r.gender) == (truth[r.utt_id]["speaker"], truth[r.utt_id]["gender"])
         assert r.audio_path.is_file() and r.audio_path.is_relative_to(adapter.root)
         assert r.corpus == LAYOUT_ADAPTER[layout]
+        assert r.words is None and r.metadata()["words"] is None  # no adapter reads word alignments yet
     assert adapter.unlabelled_files == []
     assert all(r.audio_path.suffix in (".wav", ".flac") for r in records)  # .synth_truth.jsonl is not a label
+
+
+def _record(**kwargs) -> UtteranceRecord:
+    return UtteranceRecord(utt_id="u1", corpus="toy", audio_path=Path("u1.wav"), speaker="s1", **kwargs)
+
+
+def test_record_words_are_flat_sorted_time_ranges():
+    words = (0.0, 0.3, 0.3, 0.7, 0.5, 0.9, 1.2, 1.2)  # touching, overlapping and zero-length words are fine
+    assert _record(words=words).metadata()["words"] == list(words)
+    from_numpy = _record(words=(np.float32(0.1), np.float32(0.2))).metadata()["words"]  # numpy scalars are fine
+    np.testing.assert_allclose(from_numpy, [0.1, 0.2], rtol=1e-6)
+    assert _record(words=()).metadata()["words"] is None  # aligned, no words: null like "no alignment"
+    assert _record().metadata()["words"] is None
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    ([0.1, 0.2], "u1: words must be a tuple, flat \\(start0, end0, start1, end1, ...\\) seconds, got list"),
+    ((0.1, 0.2, 0.3), "u1: words must have an even length, .* got 3 values"),
+    ((0.1, float("nan")), "u1: words must be finite numbers .* got nan at index 1"),
+    ((0.1, "0.2"), "u1: words must be finite numbers .* got '0.2' at index 1"),
+    ((-0.1, 0.2), "u1: word 0 must satisfy 0 <= start <= end \\(seconds\\), got start -0.1, end 0.2"),
+    ((0.1, 0.5, 0.6, 0.55), "u1: word 1 must satisfy 0 <= start <= end .* got start 0.6, end 0.55"),
+    ((0.5, 0.6, 0.1, 0.2), "u1: words must be sorted by start time, got word 1 starting at 0.1 after word 0 "
+                           "starting at 0.5"),
+])
+def test_record_rejects_bad_words(words, message):
+    with pytest.raises(ValueError, match=message):
+        _record(words=words)
 
 
 def test_iemocap_labels_agree_with_the_emoevaluation_files(synth_root):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data_io.audio import REASONS, SILENCE_PEAK, AudioCheckError, load_audio
+from data_io.audio import REASONS, SILENCE_PEAK, SPEECH_DETECTION, AudioCheckError, load_audio, speech_regions
 from data_io.schema import SAMPLE_RATE
 
 
@@ -150,3 +152,117 @@ def test_error_pickles_with_reason_and_detail():
     assert set(REASONS) == {"missing", "decode_error", "empty", "non_finite", "too_short", "silent"}
     with pytest.raises(ValueError, match="reason must be one of"):
         AudioCheckError("bad", "x")
+
+
+# ---- speech_regions ----------------------------------------------------------------------------------------
+EDGE_TOL_S = 0.03
+
+
+def _noise(seconds: float, level_dbfs: float, seed: int) -> np.ndarray:
+    """Gaussian noise at an RMS level in dB re full scale."""
+    n = int(round(seconds * SAMPLE_RATE))
+    return (np.random.default_rng(seed).standard_normal(n) * 10 ** (level_dbfs / 20)).astype(np.float32)
+
+
+def _bursts(layout: list[tuple[str, float]], seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Concatenate ("speech" | "silence", seconds) pieces; speech is a noise burst at -20 dBFS or a tone, silence
+    is noise at -75 dBFS (below the -55 dBFS floor, as a quiet room). Returns the signal and the true regions."""
+    pieces, truth, t = [], [], 0.0
+    for k, (kind, seconds) in enumerate(layout):
+        if kind == "silence":
+            pieces.append(_noise(seconds, -75.0, seed + k))
+        elif kind == "tone":
+            pieces.append(_tone(seconds, SAMPLE_RATE, freq=220.0, amp=0.2))
+        else:
+            pieces.append(_noise(seconds, -20.0, seed + k))
+        if kind != "silence":
+            truth.append((t, t + seconds))
+        t += seconds
+    return np.concatenate(pieces), truth
+
+
+def _assert_regions(got: np.ndarray, truth: list[tuple[float, float]]) -> None:
+    assert got.shape == (len(truth), 2), f"found {got.tolist()}, expected about {truth}"
+    np.testing.assert_allclose(got, np.array(truth), atol=EDGE_TOL_S)
+
+
+@pytest.mark.parametrize("kind", ["speech", "tone"])
+def test_speech_regions_finds_two_bursts_within_30_ms(kind):
+    y, truth = _bursts([("silence", 0.3), (kind, 0.4), ("silence", 0.5), (kind, 0.4), ("silence", 0.3)])
+    got = speech_regions(y, SAMPLE_RATE)
+    _assert_regions(got, truth)
+    assert got.dtype == np.float64
+
+
+def test_speech_regions_merges_a_short_gap_and_keeps_a_long_one():
+    y, (a, b) = _bursts([("silence", 0.3), ("speech", 0.4), ("silence", 0.1), ("speech", 0.4), ("silence", 0.3)])
+    _assert_regions(speech_regions(y, SAMPLE_RATE), [(a[0], b[1])])  # 0.10 s < min_gap_s 0.15 s
+    _assert_regions(speech_regions(y, SAMPLE_RATE, min_gap_s=0.05), [a, b])
+
+
+def test_speech_regions_drops_clicks_and_reaches_the_signal_ends():
+    y, truth = _bursts([("speech", 0.5), ("silence", 0.4), ("speech", 0.02), ("silence", 0.4), ("speech", 0.3)])
+    got = speech_regions(y, SAMPLE_RATE)
+    _assert_regions(got, [truth[0], truth[2]])  # the 20 ms click is shorter than min_speech_s 50 ms
+    assert got[0, 0] == 0.0 and got[-1, 1] == len(y) / SAMPLE_RATE  # clipped to [0, duration], not beyond
+
+
+def test_speech_regions_finds_nothing_below_the_floor():
+    assert speech_regions(_noise(3.0, -65.0, 1), SAMPLE_RATE).shape == (0, 2)
+    assert speech_regions(np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE).shape == (0, 2)
+    assert speech_regions(np.zeros(0, np.float32), SAMPLE_RATE).shape == (0, 2)
+    # The same noise 20 dB louder is above the floor: an energy detector calls it speech throughout.
+    _assert_regions(speech_regions(_noise(3.0, -45.0, 1), SAMPLE_RATE), [(0.0, 3.0)])
+
+
+def test_speech_regions_range_is_relative_to_the_loudest_frames():
+    # Background at -50 dBFS is above the floor but 30 dB under the bursts: speech only within range_db 25 dB.
+    y, truth = _bursts([("silence", 0.3), ("speech", 0.4), ("silence", 0.5), ("speech", 0.4), ("silence", 0.3)])
+    y = y + _noise(len(y) / SAMPLE_RATE, -50.0, 7)
+    _assert_regions(speech_regions(y, SAMPLE_RATE, range_db=25.0), truth)
+    _assert_regions(speech_regions(y, SAMPLE_RATE, range_db=35.0), [(0.0, len(y) / SAMPLE_RATE)])
+
+
+def test_speech_regions_on_telephone_rate_and_short_signals():
+    y = np.concatenate([np.zeros(2400), _tone(0.5, 8000, amp=0.3), np.zeros(2400)]).astype(np.float32)
+    _assert_regions(speech_regions(y, 8000), [(0.3, 0.8)])
+    short = _tone(0.02, SAMPLE_RATE)  # shorter than one frame: one frame, then dropped as < min_speech_s
+    assert speech_regions(short, SAMPLE_RATE).shape == (0, 2)
+    _assert_regions(speech_regions(short, SAMPLE_RATE, min_speech_s=0.0), [(0.0, 0.02)])
+
+
+def test_speech_detection_constant_is_the_default_call():
+    defaults = {k: p.default for k, p in inspect.signature(speech_regions).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert SPEECH_DETECTION == defaults
+
+
+@pytest.mark.parametrize(("y", "kwargs", "message"), [
+    (np.zeros((2, 400), np.float32), {}, r"1-D floating-point signal .* shape \(2, 400\)"),
+    (np.zeros(400, np.int16), {}, "dtype int16"),
+    (np.array([0.1, np.nan] * 400, np.float32), {}, "must be finite, got NaN or inf"),
+    (np.zeros(400, np.float32), {"hop_s": 0.0}, "hop_s must be > 0, got 0.0"),
+    (np.zeros(400, np.float32), {"range_db": -3.0}, "range_db must be > 0, got -3.0"),
+    (np.zeros(400, np.float32), {"min_gap_s": -0.1}, "min_gap_s must be >= 0, got -0.1"),
+    (np.zeros(400, np.float32), {"frame_s": 1e-6}, "at least one sample"),
+])
+def test_speech_regions_rejects_bad_input(y, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        speech_regions(y, SAMPLE_RATE, **kwargs)
+
+
+def test_speech_regions_is_fast_on_five_minutes():
+    # Meeting recordings are chunked with it later: 5 min must take milliseconds, not seconds (printed, not
+    # asserted, since test machines are shared).
+    rng = np.random.default_rng(0)
+    on = np.repeat(rng.uniform(size=300) < 0.6, SAMPLE_RATE)  # 1 s speech / silence blocks
+    y = (rng.standard_normal(len(on)) * np.where(on, 0.1, 1e-4)).astype(np.float32)
+    t0 = time.perf_counter()
+    got = speech_regions(y, SAMPLE_RATE)
+    seconds = time.perf_counter() - t0
+    print(f"speech_regions on 300 s of audio: {1000 * seconds:.1f} ms, {len(got)} regions")
+    assert np.all(np.diff(got.ravel()) >= 0) and got[-1, 1] <= 300.0
+    # Every 1 s speech block lies inside a found region.
+    starts = np.flatnonzero(np.diff(on.astype(np.int8), prepend=0) == 1) / SAMPLE_RATE
+    inside = (got[:, 0][None, :] <= starts[:, None] + EDGE_TOL_S) & (starts[:, None] < got[:, 1][None, :])
+    assert inside.any(axis=1).all()

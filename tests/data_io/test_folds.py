@@ -15,6 +15,7 @@ from data_io.folds import (
     LockboxError,
     SearchFold,
     TestLockbox,
+    build_corpus_folds,
     build_folds,
     fold_summary,
 )
@@ -46,6 +47,19 @@ def podcast_like() -> pa.Table:
             for u in range(3):
                 spk = f"{split}_spk{k}"
                 rows.append({"utt_id": f"pod_{spk}_{u}", "corpus": "podcast", "speaker": spk, "split": split})
+    return _table(rows)
+
+
+# Emotions of the call-centre-like corpus: uneven classes, and unlabelled rows (None) as a stratum of their own.
+CALLCENTER_EMOTIONS = {"neutral": 25, "angry": 11, "sad": 9, "happy": 5, None: 3}
+
+
+def callcenter_like(corpus: str = "callcenter") -> pa.Table:
+    """53 utterances without speaker or session labels, as the selective-MTL paper's spontaneous corpus."""
+    rows = []
+    for emotion, n in CALLCENTER_EMOTIONS.items():
+        for u in range(n):
+            rows.append({"utt_id": f"{corpus}_{emotion}_{u:03d}", "corpus": corpus, "emotion": emotion})
     return _table(rows)
 
 
@@ -150,6 +164,186 @@ def test_speaker_kfold_rejects_k_above_speakers_or_below_three():
         build_folds("speaker_kfold", iemocap_like(), k=2)
 
 
+# --- random_kfold -----------------------------------------------------------------------------------------
+
+
+def test_random_kfold_tests_every_utterance_once_with_disjoint_parts():
+    meta = callcenter_like()
+    folds = build_folds("random_kfold", meta, k=5, seed=1)
+    assert [f.name for f in folds] == [f"random_kfold-callcenter-{i}" for i in range(5)]
+    tested = []
+    for fold in folds:
+        test = set(_test_ids(fold))
+        train, val = set(fold.train_ids), set(fold.val_ids)
+        assert train and val and test
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert train | val | test == _ids(meta)
+        tested += sorted(test)
+    assert sorted(tested) == sorted(_ids(meta))  # each utterance in exactly one test group
+    assert {len(f.test) for f in folds} == {10, 11}  # 53 dealt round-robin into 5 groups
+    assert set(folds[0].val_ids) == set(_test_ids(folds[1]))  # group i + 1 validates fold i
+    assert set(folds[4].val_ids) == set(_test_ids(folds[0]))
+    assert fold_summary(folds)[0]["n_speakers_test"] == 0  # speakers unknown: nothing to log, nothing to fail
+
+
+def test_random_kfold_needs_no_speaker_column_and_names_mixed_corpora_without_a_corpus():
+    meta = callcenter_like().drop_columns(["speaker", "session"])
+    folds = build_folds("random_kfold", meta, k=3)
+    assert len(folds) == 3 and folds[0].speakers == {}
+    mixed = build_folds("random_kfold", pa.concat_tables([callcenter_like(), iemocap_like()]), k=4)
+    assert [f.name for f in mixed] == [f"random_kfold-{i}" for i in range(4)]
+
+
+def test_random_kfold_is_deterministic_per_seed_and_ignores_row_order():
+    meta = callcenter_like()
+
+    def kfold(table, seed, **options):
+        return _snapshot(build_folds("random_kfold", table, seed=seed, **options))
+
+    assert kfold(meta, 3) == kfold(meta, 3)
+    assert kfold(meta, 3) != kfold(meta, 4)
+    assert kfold(meta.take(list(reversed(range(meta.num_rows)))), 3) == kfold(meta, 3)
+    assert kfold(meta, 3, stratify="emotion") == kfold(meta, 3, stratify="emotion")
+    assert kfold(meta, 3, stratify="emotion") != kfold(meta, 4, stratify="emotion")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_kfold_stratify_spreads_each_class_evenly(seed):
+    meta = callcenter_like()
+    emotion = dict(zip(meta.column("utt_id").to_pylist(), meta.column("emotion").to_pylist(), strict=True))
+    k = 5
+    folds = build_folds("random_kfold", meta, k=k, stratify="emotion", seed=seed)
+    tested = []
+    for fold in folds:
+        test = _test_ids(fold)
+        tested += test
+        for value, n in CALLCENTER_EMOTIONS.items():  # None included: the unlabelled rows are a stratum too
+            held = sum(emotion[u] == value for u in test)
+            assert abs(held - n / k) < 1, (fold.name, value, held)
+    assert sorted(tested) == sorted(_ids(meta))
+    assert max(len(f.test) for f in folds) - min(len(f.test) for f in folds) <= 1
+
+
+def test_random_kfold_rejects_bad_k_and_stratify():
+    with pytest.raises(ValueError, match="k >= 3"):
+        build_folds("random_kfold", callcenter_like(), k=2)
+    with pytest.raises(ValueError, match="k=60 with 53 utterances; lower k"):
+        build_folds("random_kfold", callcenter_like(), k=60)
+    with pytest.raises(ValueError, match=r"needs metadata columns \['valence'\]"):
+        build_folds("random_kfold", callcenter_like(), stratify="valence")
+    with pytest.raises(TypeError, match="stratify must be a metadata column name or None"):
+        build_folds("random_kfold", callcenter_like(), stratify=["emotion"])
+
+
+# --- build_corpus_folds -----------------------------------------------------------------------------------
+
+MTL_PROTOCOLS = {"iemocap": ("loso", {}), "callcenter": ("random_kfold", {"k": 5, "seed": 7})}
+
+
+def _acted_and_spontaneous() -> pa.Table:
+    """The selective-MTL paper's pair: IEMOCAP (sessions, speakers) and a call-centre corpus (neither)."""
+    return pa.concat_tables([iemocap_like(), callcenter_like()])
+
+
+def test_build_corpus_folds_combines_fold_i_of_each_corpus_as_its_own_protocol_gives_it():
+    meta = _acted_and_spontaneous()
+    folds = build_corpus_folds(meta, MTL_PROTOCOLS)
+    own = {"iemocap": build_folds("loso", iemocap_like()),
+           "callcenter": build_folds("random_kfold", callcenter_like(), k=5, seed=7)}
+    assert [f.name for f in folds] == [
+        f"random_kfold-callcenter-{i}+loso-iemocap-Ses{i + 1:02d}" for i in range(5)  # sorted corpus order
+    ]
+    tested = []
+    for i, fold in enumerate(folds):
+        test = set(_test_ids(fold))
+        tested += sorted(test)
+        for corpus, corpus_folds in own.items():
+            ids = _ids(meta, corpus=corpus)
+            assert test & ids == set(_test_ids(corpus_folds[i]))  # where the corpus's own protocol put them
+            assert set(fold.train_ids) & ids == set(corpus_folds[i].train_ids)
+            assert set(fold.val_ids) & ids == set(corpus_folds[i].val_ids)
+        assert not test & set(fold.train_ids) and not test & set(fold.val_ids)
+        assert set(fold.train_ids) | set(fold.val_ids) | test == _ids(meta)
+        assert list(fold.train_ids) == sorted(fold.train_ids) and list(fold.val_ids) == sorted(fold.val_ids)
+    assert len(tested) == len(set(tested))  # no utterance tested twice
+    assert set(tested) & _ids(meta, corpus="callcenter") == _ids(meta, corpus="callcenter")  # each fold a group
+    assert folds[0].speakers["val"] == ("iemocap/Ses01F",) and folds[0].speakers["test"] == ("iemocap/Ses01M",)
+    assert folds[0].counts_by_corpus["test"] == {"callcenter": 11, "iemocap": 6}
+
+
+def test_build_corpus_folds_is_deterministic_and_respects_require():
+    meta = _acted_and_spontaneous()
+    assert _snapshot(build_corpus_folds(meta, MTL_PROTOCOLS)) == _snapshot(build_corpus_folds(meta, MTL_PROTOCOLS))
+    reseeded = {**MTL_PROTOCOLS, "callcenter": ("random_kfold", {"k": 5, "seed": 8})}
+    assert _snapshot(build_corpus_folds(meta, MTL_PROTOCOLS)) != _snapshot(build_corpus_folds(meta, reseeded))
+    labelled = _ids(meta) - {r["utt_id"] for r in meta.to_pylist() if r["emotion"] is None}
+    for fold in build_corpus_folds(meta, MTL_PROTOCOLS, require="emotion"):
+        assert set(fold.train_ids) | set(fold.val_ids) | set(_test_ids(fold)) == labelled
+
+
+def test_build_corpus_folds_summary_counts_per_corpus_without_opening_the_lockbox():
+    folds = build_corpus_folds(_acted_and_spontaneous(), MTL_PROTOCOLS)
+    row = fold_summary(folds)[0]
+    assert row["n_test_by_corpus"] == {"callcenter": 11, "iemocap": 6}
+    assert row["n_val_by_corpus"] == {"callcenter": 11, "iemocap": 6}  # callcenter group 1 has 11 of 53
+    assert row["n_train_by_corpus"] == {"callcenter": 31, "iemocap": 48}
+    assert row["n_test"] == 17 and row["n_speakers_train"] == 8
+    assert all(f.test.accesses == () for f in folds)
+    # a fold of one corpus keeps today's summary, without per-corpus keys
+    assert "n_test_by_corpus" not in fold_summary(build_folds("loso", iemocap_like()))[0]
+
+
+@pytest.mark.parametrize("dumps", [pickle.dumps, cloudpickle.dumps, copy.deepcopy], ids=["pickle", "cloudpickle",
+                                                                                         "deepcopy"])
+def test_build_corpus_folds_lockbox_still_refuses_to_leave_the_driver(dumps):
+    fold = build_corpus_folds(_acted_and_spontaneous(), MTL_PROTOCOLS)[0]
+    with pytest.raises(LockboxError, match="cannot be shipped to a trial"):
+        dumps(fold)
+    with pytest.raises(LockboxError):
+        dumps(fold.test)
+    search = fold.for_search()
+    blob = pickle.dumps(search)
+    assert not any(i.encode() in blob for i in _test_ids(fold))
+
+
+def test_build_corpus_folds_mismatched_fold_counts_name_each_corpus_and_the_fix():
+    meta = _acted_and_spontaneous()
+    four = {**MTL_PROTOCOLS, "callcenter": ("random_kfold", {"k": 4})}
+    with pytest.raises(ValueError, match=(
+        r"'callcenter': random_kfold gives 4 folds; 'iemocap': loso gives 5 folds\. "
+        r"Set k=5 in the options of 'callcenter' to match 'iemocap' \(loso\)"
+    )):
+        build_corpus_folds(meta, four)
+    both_k = {"iemocap": ("speaker_kfold", {"k": 3}), "callcenter": ("random_kfold", {"k": 5})}
+    with pytest.raises(ValueError, match="Set the same k for every corpus"):
+        build_corpus_folds(meta, both_k)
+
+
+def test_build_corpus_folds_needs_exactly_the_corpora_of_the_table():
+    meta = _acted_and_spontaneous()
+    with pytest.raises(ValueError, match=(
+        r"holds \['callcenter', 'iemocap'\], protocols names \['iemocap'\] "
+        r"\(missing from protocols: \['callcenter'\]; not in the table: none\)\. Add a \(protocol, options\)"
+    )):
+        build_corpus_folds(meta, {"iemocap": ("loso", {})})
+    with pytest.raises(ValueError, match=r"not in the table: \['podcast'\]"):
+        build_corpus_folds(meta, {**MTL_PROTOCOLS, "podcast": ("predefined", {})})
+
+
+def test_build_corpus_folds_rejects_bad_entries_and_names_the_corpus_in_builder_errors():
+    meta = _acted_and_spontaneous()
+    with pytest.raises(ValueError, match=r"protocols\['iemocap'\] must be \(protocol, options\)"):
+        build_corpus_folds(meta, {**MTL_PROTOCOLS, "iemocap": "loso"})
+    with pytest.raises(ValueError, match=r"protocols\['iemocap'\]: cross_corpus .* cannot split one corpus"):
+        build_corpus_folds(meta, {**MTL_PROTOCOLS, "iemocap": ("cross_corpus", {})})
+    with pytest.raises(TypeError, match=r"corpus 'iemocap' \(protocol 'loso'\): .*unknown option\(s\) \['k'\]"):
+        build_corpus_folds(meta, {**MTL_PROTOCOLS, "iemocap": ("loso", {"k": 5})})
+    with pytest.raises(ValueError, match=r"corpus 'callcenter' \(protocol 'loso'\): .*'speaker' on every row"):
+        build_corpus_folds(meta, {**MTL_PROTOCOLS, "callcenter": ("loso", {})})
+    with pytest.raises(TypeError, match="protocols must map each corpus"):
+        build_corpus_folds(meta, [("iemocap", "loso")])
+
+
 # --- predefined -------------------------------------------------------------------------------------------
 
 
@@ -211,9 +405,9 @@ def test_require_drops_unlabelled_rows_before_building():
 
 
 def test_unknown_protocol_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="cross_corpus, loso, predefined, speaker_kfold"):
+    with pytest.raises(ValueError, match="cross_corpus, loso, predefined, random_kfold, speaker_kfold"):
         build_folds("kfold", iemocap_like())
-    assert set(PROTOCOLS) == {"predefined", "loso", "speaker_kfold", "cross_corpus"}
+    assert set(PROTOCOLS) == {"predefined", "loso", "speaker_kfold", "cross_corpus", "random_kfold"}
 
 
 def test_unknown_option_is_named():
@@ -238,6 +432,22 @@ def test_fold_rejects_overlapping_or_empty_parts():
         Fold("f", ("a",), (), TestLockbox(["d"]))
     with pytest.raises(ValueError, match=r"fold 'f': the test part is empty"):
         Fold("f", ("a",), ("b",), TestLockbox([]))
+
+
+def test_fold_summary_splits_counts_by_corpus_when_a_fold_spans_several():
+    meta = pa.concat_tables([iemocap_like(corpus="iemocap"), iemocap_like(corpus="improv")])
+    (fold,) = build_folds("cross_corpus", meta, train_corpus="iemocap", target_corpus="improv")
+    row = fold_summary([fold])[0]
+    assert row["n_train_by_corpus"] == {"iemocap": 60, "improv": 0}
+    assert row["n_val_by_corpus"] == {"iemocap": 0, "improv": 18}
+    assert row["n_test_by_corpus"] == {"iemocap": 0, "improv": 42}
+
+
+def test_fold_rejects_per_corpus_counts_that_do_not_match_its_parts():
+    with pytest.raises(ValueError, match=r"counts_by_corpus\['test'\] sums to 1, but the test part holds 2"):
+        Fold("f", ("a",), ("b",), TestLockbox(["c", "d"]), counts_by_corpus={"test": {"x": 1}})
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['dev'\]"):
+        Fold("f", ("a",), ("b",), TestLockbox(["c"]), counts_by_corpus={"dev": {"x": 1}})
 
 
 def test_fold_summary_gives_counts_only():

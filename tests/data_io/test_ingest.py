@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 import pytest
 import soundfile as sf
 
-from data_io import shards
-from data_io.ingest import IngestError, ingest
+from data_io import adapters, audio, shards
+from data_io.ingest import SPEECH_DETECTION, IngestError, ingest
+from data_io.schema import SAMPLE_RATE
 
 MSP_CODES = {"A": "angry", "S": "sad", "H": "happy", "U": "surprised", "F": "fearful", "D": "disgusted",
              "C": "contempt", "N": "neutral", "O": "other", "X": None}
@@ -42,6 +43,16 @@ def _shard_meta(out: Path, corpus: str, feature_set: str) -> dict[str, dict]:
     return {row["utt_id"]: row for row in ss.metadata().to_pylist()}
 
 
+def _assert_speech(rows: dict[str, dict]) -> None:
+    """Every row has speech inside its audio (the synthetic utterances all hold speech) and no word timings."""
+    for utt, got in rows.items():
+        speech = np.asarray(got["speech"], dtype=np.float64)
+        assert len(speech) >= 2 and len(speech) % 2 == 0, (utt, got["speech"])
+        assert np.all(np.diff(speech) >= 0), (utt, got["speech"])  # sorted, disjoint [start, end] pairs
+        assert speech[0] >= 0 and speech[-1] <= got["duration_s"], (utt, got["speech"], got["duration_s"])
+        assert got["words"] is None, utt
+
+
 def test_msp_podcast_labels_equal_label_file(corpora, msp_shards):
     out, summary = msp_shards
     assert summary.quarantined == 0 and summary.ingested > 0
@@ -63,6 +74,19 @@ def test_msp_podcast_labels_equal_label_file(corpora, msp_shards):
     assert manifest.label_scale == [1.0, 7.0] or tuple(manifest.label_scale) == (1, 7)
 
 
+def test_speech_column_is_speech_regions_of_the_decoded_audio(corpora, msp_shards):
+    out, _ = msp_shards
+    for fs in ("functionals", "logmel"):
+        assert shards.read_manifest(out / "msp_podcast" / fs).speech_detection == SPEECH_DETECTION
+    rows = _shard_meta(out, "msp_podcast", "logmel")
+    _assert_speech(rows)
+    # Row by row equal (to float32) to a fresh detection on the 16 kHz signal, for a few utterances.
+    records = adapters.get_adapter("msp_podcast", corpora / "msp_podcast").records()
+    for rec in records[::40]:
+        want = audio.speech_regions(audio.load_audio(rec.audio_path, sr=SAMPLE_RATE), SAMPLE_RATE)
+        np.testing.assert_allclose(rows[rec.utt_id]["speech"], want.ravel(), rtol=1e-6, atol=1e-6)
+
+
 def test_iemocap_labels_equal_emoevaluation_files(corpora, tmp_path):
     summary = ingest("iemocap", corpora / "iemocap", tmp_path, ["logmel"])
     assert summary.quarantined == 0
@@ -80,6 +104,7 @@ def test_iemocap_labels_equal_emoevaluation_files(corpora, tmp_path):
             (emotion, val, aro, dom), abs=1e-4)
         assert got["speaker"] == utt[:5] + utt.rsplit("_", 1)[1][0]  # Ses01F_impro01_M003 -> Ses01M
         assert got["session"] == f"Session{int(utt[3:5])}"
+    _assert_speech(rows)
 
 
 def test_callcenter_csv_labels_and_resampling(corpora, tmp_path):
@@ -103,6 +128,7 @@ def test_callcenter_csv_labels_and_resampling(corpora, tmp_path):
         info = sf.info(str(manifest.parent / want["path"]))
         assert info.samplerate == 8000
         assert got["duration_s"] == pytest.approx(info.frames / 8000, abs=0.01)
+    _assert_speech(rows)
 
 
 def test_librispeech_speakers_and_no_emotion(corpora, tmp_path):
@@ -120,6 +146,7 @@ def test_librispeech_speakers_and_no_emotion(corpora, tmp_path):
         spk = utt.split("-")[0]
         assert got["speaker"].endswith(spk) and got["gender"] == genders[spk]
         assert got["emotion"] is None and got["arousal"] is None and got["style"] == "read"
+    _assert_speech(rows)
 
 
 def _ridge(x_train, y_train, x_eval, reg=10.0):
@@ -209,6 +236,11 @@ def test_rerun_skips_done_shards_and_changed_settings_fail(corpora, tmp_path):
     with pytest.raises(IngestError, match="logmel"):
         ingest("iemocap", corpora / "iemocap", tmp_path, ["logmel"], shard_size=50,
                feature_overrides={"logmel": {"n_mels": 32}})
+    # Progress written by an older emotune (another schema version) is not resumed into this one's shards.
+    plan = tmp_path / "iemocap" / "_progress" / "plan.json"
+    plan.write_text(json.dumps({**json.loads(plan.read_text()), "schema_version": 1}))
+    with pytest.raises(IngestError, match="schema_version changed.*--overwrite"):
+        ingest("iemocap", corpora / "iemocap", tmp_path, ["logmel"], shard_size=50)
     redone = ingest("iemocap", corpora / "iemocap", tmp_path, ["logmel"], shard_size=40, overwrite=True)
     assert redone.ingested == first.ingested
 

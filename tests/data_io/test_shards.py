@@ -13,7 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_io import shards
-from data_io.schema import EMOTION_VOCAB, METADATA_COLUMNS, SCHEMA_VERSION
+from data_io.schema import EMOTION_VOCAB, METADATA_COLUMNS, SCHEMA_VERSION, UtteranceRecord
+
+RANGE_COLUMNS = ("speech", "words")
+SPEECH_DETECTION = {"frame_s": 0.025, "hop_s": 0.01}
 
 
 def make_rows(n: int, start: int = 0, seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
@@ -27,6 +30,8 @@ def make_rows(n: int, start: int = 0, seed: int = 0) -> tuple[list[dict], list[n
             "style": "acted", "emotion": None if i % 7 == 0 else ("happy" if i % 2 else "sad"),
             "arousal": None if i % 6 == 0 else 1.0 + (i % 5), "valence": 2.5, "dominance": None,
             "rater_hist": None if i % 2 else [float(i % 3)] * len(EMOTION_VOCAB),
+            "speech": [] if i % 8 == 0 else [0.05, 0.2, 0.35, 0.45 + i / 200],
+            "words": None if i % 3 else [0.06, 0.12, 0.12, 0.19, 0.36, 0.4],
             "duration_s": 0.5 + i / 100,
         })
         feats.append(rng.standard_normal((3 + i % 4, 5)).astype(np.float32))
@@ -34,7 +39,8 @@ def make_rows(n: int, start: int = 0, seed: int = 0) -> tuple[list[dict], list[n
 
 
 def write_set(folder: Path, parts: list[tuple[list[dict], list[np.ndarray]]], dtype: str = "float32",
-              config: dict | None = None, created: str = "2025-01-01T00:00:00Z") -> shards.Manifest:
+              config: dict | None = None, created: str = "2025-01-01T00:00:00Z",
+              speech_detection: dict | None = None) -> shards.Manifest:
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for k, (rows, feats) in enumerate(parts):
@@ -43,7 +49,8 @@ def write_set(folder: Path, parts: list[tuple[list[dict], list[np.ndarray]]], dt
     manifest = shards.Manifest(
         schema_version=SCHEMA_VERSION, corpus="toy", feature_set=folder.name,
         feature_config=config or {"n_mels": 5, "hop": 160}, librosa_version="0.11.0", label_scale=[1.0, 5.0],
-        feature_dtype=dtype, files=files, total_rows=sum(f["rows"] for f in files), created=created)
+        feature_dtype=dtype, speech_detection=speech_detection or SPEECH_DETECTION, files=files,
+        total_rows=sum(f["rows"] for f in files), created=created)
     shards.write_manifest(folder, manifest)
     return manifest
 
@@ -72,6 +79,10 @@ def test_round_trip_metadata_and_features(tmp_path: Path, dtype: str) -> None:
         if col in ("arousal", "valence", "dominance", "duration_s"):
             assert [g is None for g in got] == [w is None for w in want], col
             assert np.allclose([g for g in got if g is not None], [w for w in want if w is not None]), col
+        elif col in RANGE_COLUMNS:  # stored as float32
+            assert [g is None for g in got] == [w is None for w in want], col
+            for g, w in zip(got, want, strict=True):
+                assert g is None or (len(g) == len(w) and np.allclose(g, w, atol=1e-6)), col
         else:
             assert got == want, col
     assert meta.column("n_frames").to_pylist() == [f.shape[0] for f in feats]
@@ -96,6 +107,12 @@ def test_schema_and_table_agree() -> None:
         table = shards.build_table(rows, feats, feature_dtype=dtype)
         assert table.schema.equals(shards.shard_schema(dtype))
         assert table.schema.names[: len(METADATA_COLUMNS)] == list(METADATA_COLUMNS)
+    schema = shards.shard_schema("float32")
+    assert schema.field("speech").type == pa.list_(pa.float32()) and not schema.field("speech").nullable
+    assert schema.field("words").type == pa.list_(pa.float32()) and schema.field("words").nullable
+    assert METADATA_COLUMNS.index("speech") == METADATA_COLUMNS.index("rater_hist") + 1
+    assert METADATA_COLUMNS.index("words") == METADATA_COLUMNS.index("speech") + 1
+    assert METADATA_COLUMNS.index("duration_s") == METADATA_COLUMNS.index("words") + 1
     with pytest.raises(ValueError, match="feature_dtype"):
         shards.shard_schema("float64")
 
@@ -111,6 +128,47 @@ def test_build_table_rejects_bad_rows() -> None:
         shards.build_table([dict(rows[0], speaker=None)], feats[:1])
     with pytest.raises(ValueError, match="same number of bins"):
         shards.build_table(rows[:2], [feats[0], np.zeros((2, 9), np.float32)])
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("speech", None, "'speech' must not be null"),
+    ("speech", [0.1, 0.2, 0.3], r"'speech' must be a flat list \[start0, end0"),
+    ("words", [[0.1, 0.2]], r"'words' must be a flat list .* got shape \(1, 2\)"),
+    ("words", ["a", "b"], r"'words' must be a flat list .* got \['a', 'b'\]"),
+    ("words", [0.1, float("nan")], "'words' must hold finite seconds"),
+    ("speech", [0.3, 0.2], r"range 0 must satisfy 0 <= start <= end, got \[0.3, 0.2\]"),
+    ("words", [-0.1, 0.2], r"range 0 must satisfy 0 <= start <= end, got \[-0.1, 0.2\]"),
+    ("words", [0.3, 0.4, 0.1, 0.2], "sorted by start, got range 1 starting at 0.1 after one starting at 0.3"),
+    ("speech", [0.1, 9.0], "speech must end by duration_s 0.5, got a range ending at 9.0"),
+])
+def test_build_table_rejects_bad_time_ranges(column: str, value, message: str) -> None:
+    rows, feats = make_rows(1)
+    with pytest.raises(ValueError, match=message) as err:
+        shards.build_table([dict(rows[0], **{column: value})], feats)
+    assert "'utt0000'" in str(err.value)
+
+
+def test_build_table_names_the_bad_row_among_good_ones() -> None:
+    rows, feats = make_rows(9)
+    shards.build_table(rows, feats)  # the vectorised check passes them all
+    rows[7] = dict(rows[7], words=[0.2, 0.3, 0.1, 0.4])  # each row alone sorted, but this one not
+    with pytest.raises(ValueError, match="row 7 \\('utt0007'\\): column 'words': ranges must be sorted"):
+        shards.build_table(rows, feats)
+
+
+def test_record_with_words_round_trips(tmp_path: Path) -> None:
+    words = (0.1, 0.35, 0.35, 0.8, 1.25, 1.6)
+    rec = UtteranceRecord(utt_id="w1", corpus="toy", audio_path=tmp_path / "w1.wav", speaker="s1", words=words)
+    bare = UtteranceRecord(utt_id="w2", corpus="toy", audio_path=tmp_path / "w2.wav", speaker="s1")
+    assert rec.metadata()["words"] == list(words) and bare.metadata()["words"] is None
+    rows = [{**r.metadata(), "speech": [0.05, 1.7], "duration_s": 1.8} for r in (rec, bare)]
+    folder = tmp_path / "toy" / "fs"
+    write_set(folder, [(rows, [np.zeros((4, 3), np.float32)] * 2)])
+    meta = shards.open_shards(folder, verify_checksums=True).metadata(["utt_id", "speech", "words"])
+    assert meta.column("utt_id").to_pylist() == ["w1", "w2"]
+    np.testing.assert_allclose(meta.column("words")[0].as_py(), words, rtol=1e-6)
+    assert meta.column("words")[1].as_py() is None
+    np.testing.assert_allclose(meta.column("speech")[1].as_py(), [0.05, 1.7], rtol=1e-6)
 
 
 def test_empty_shard_and_functionals(tmp_path: Path) -> None:
@@ -214,6 +272,31 @@ def test_schema_version_mismatch(shard_dir) -> None:
     assert "fresh --out folder" in msg
 
 
+def test_version_1_manifest_is_refused(shard_dir) -> None:
+    # A folder written by schema version 1: no speech_detection in the manifest (and no speech/words columns).
+    folder, _, _ = shard_dir
+    path = folder / shards.MANIFEST_NAME
+    raw = json.loads(path.read_text())
+    del raw["speech_detection"], raw["content_hash"]
+    raw["schema_version"] = 1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(shards.ShardError) as err:
+        shards.open_shards(folder)
+    msg = str(err.value)
+    assert f"schema version 1; this emotune reads version {SCHEMA_VERSION}" in msg
+    assert "Re-run `emotune ingest` into a fresh --out folder" in msg
+
+
+def test_manifest_without_speech_detection_is_refused(shard_dir) -> None:
+    folder, _, _ = shard_dir
+    path = folder / shards.MANIFEST_NAME
+    raw = json.loads(path.read_text())
+    del raw["speech_detection"]
+    path.write_text(json.dumps(raw))
+    with pytest.raises(shards.ShardError, match=r"lacks the fields \['speech_detection'\].*fresh --out"):
+        shards.open_shards(folder)
+
+
 def test_missing_part(shard_dir) -> None:
     folder, _, _ = shard_dir
     (folder / "part-00001.parquet").unlink()
@@ -265,6 +348,8 @@ def test_content_hash(tmp_path: Path) -> None:
     assert m3.content_hash != m1.content_hash  # a file changed
     m4 = write_set(tmp_path / "d" / "fs", [part], config={"n_mels": 6, "hop": 160})
     assert m4.content_hash != m1.content_hash  # the feature config changed
+    m5 = write_set(tmp_path / "e" / "fs", [part], speech_detection={**SPEECH_DETECTION, "range_db": 20.0})
+    assert m5.content_hash != m1.content_hash  # the speech column was computed otherwise
     assert shards.open_shards(tmp_path / "a" / "fs").content_hash == m1.content_hash
     raw = json.loads((tmp_path / "a" / "fs" / "_manifest.json").read_text())
     assert raw["content_hash"] == m1.content_hash and list(raw) == sorted(raw)
@@ -275,6 +360,7 @@ def test_manifest_round_trip_and_edit_detection(shard_dir) -> None:
     m = shards.read_manifest(folder)
     shards.write_manifest(folder, dataclasses.replace(m, created="later"))
     assert shards.read_manifest(folder).created == "later"
+    assert shards.read_manifest(folder).speech_detection == SPEECH_DETECTION
     path = folder / "_manifest.json"
     raw = json.loads(path.read_text())
     raw["feature_config"]["n_mels"] = 99  # content_hash kept: the edit must be caught

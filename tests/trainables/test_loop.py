@@ -48,7 +48,7 @@ def test_ladder_mtl_learns_arousal_better_than_valence(search_data):
     # The best state scores test rows only through the driver's path (evaluate_state) and stays in range.
     state = [s for _, s in reports if s is not None][-1]
     test_ids = list(fold.test.open("test_loop: scoring check"))
-    test = evaluate_state(state, store.subset(test_ids), [test_ids], TARGETS, {}, "test")
+    test = evaluate_state(state, store.subset(test_ids), [test_ids], "test")
     assert test["test_ccc_arousal"] > 0.5
 
 
