@@ -37,11 +37,14 @@ SILENCE_PEAK = 1e-4
 
 # Defaults of speech_regions, exactly its keyword arguments (``speech_regions(y, sr, **SPEECH_DETECTION)`` is the
 # default call); ingestion records them, with SPEECH_REF_PERCENTILE, in every shard manifest.
-SPEECH_DETECTION = {"frame_s": 0.025, "hop_s": 0.010, "range_db": 35.0, "floor_dbfs": -55.0, "min_gap_s": 0.15,
+SPEECH_DETECTION = {"frame_s": 0.025, "hop_s": 0.010, "range_db": 35.0, "noise_margin_db": 10.0,
+                    "floor_dbfs": -55.0, "min_gap_s": 0.15,
                     "min_speech_s": 0.05}
 # Percentile of the frame levels taken as the signal's maximum: a click or a plosive in the loudest 1 % of frames
 # does not raise the threshold, yet speech that fills only a few percent of a recording still sets it.
 SPEECH_REF_PERCENTILE = 99.0
+# The noise floor: the level of the quietest tenth of the frames (pauses, leading and trailing silence).
+SPEECH_NOISE_PERCENTILE = 10.0
 # Added to a frame's mean square before the log, so digital silence gives -120 dB instead of -inf.
 _LEVEL_EPS = 1e-12
 
@@ -177,7 +180,8 @@ def _frame_mean_square(y: np.ndarray, frame: int, hop: int) -> np.ndarray:
 
 
 def speech_regions(y: np.ndarray, sr: int, *, frame_s: float = 0.025, hop_s: float = 0.010, range_db: float = 35.0,
-                   floor_dbfs: float = -55.0, min_gap_s: float = 0.15, min_speech_s: float = 0.05) -> np.ndarray:
+                   noise_margin_db: float = 10.0, floor_dbfs: float = -55.0, min_gap_s: float = 0.15,
+                   min_speech_s: float = 0.05) -> np.ndarray:
     """Find the speech in a signal by frame energy (a level-threshold voice activity detector).
 
     1. The signal is cut into frames of ``frame_s`` every ``hop_s`` (the last frame is shortened to end at the
@@ -185,8 +189,10 @@ def speech_regions(y: np.ndarray, sr: int, *, frame_s: float = 0.025, hop_s: flo
        scale (``10 log10(mean(y**2) + 1e-12)``: a full-scale square wave is 0 dB, a full-scale sine -3 dB,
        digital silence -120 dB).
     2. The reference is the :data:`SPEECH_REF_PERCENTILE` (99th) percentile of the frame levels (nearest rank),
-       a maximum that one click cannot raise. A frame is speech when its level is at least
-       ``reference - range_db`` and above ``floor_dbfs``.
+       a maximum that one click cannot raise; the noise floor is the :data:`SPEECH_NOISE_PERCENTILE` (10th)
+       percentile. A frame is speech when its level is at least ``reference - range_db``, at least
+       ``noise + noise_margin_db`` (capped at ``reference - noise_margin_db``, so a recording whose background
+       noise is only 16-26 dB below the voice, as on a telephone line, still has pauses), and above ``floor_dbfs``.
     3. Each frame stands for the ``hop_s`` of time around its centre (the first from 0, the last to the end),
        so runs of speech frames become ``[start, end]`` times that tile the signal without overlap. Edges are
        accurate to about a frame and err outwards: a frame that only touches a loud burst is already loud
@@ -207,6 +213,7 @@ def speech_regions(y: np.ndarray, sr: int, *, frame_s: float = 0.025, hop_s: flo
         frame_s: Frame length in seconds.
         hop_s: Frame step in seconds.
         range_db: How far below the reference level a frame may be and still count as speech, in dB.
+        noise_margin_db: How far above the noise floor a frame must be to count as speech, in dB.
         floor_dbfs: Frames at or below this level (dB re full scale) are never speech.
         min_gap_s: Gaps shorter than this between two regions are closed.
         min_speech_s: Regions shorter than this (after merging) are dropped.
@@ -250,8 +257,11 @@ def speech_regions(y: np.ndarray, sr: int, *, frame_s: float = 0.025, hop_s: flo
     # reference is the percentile by nearest rank through one partition, for the same reason.
     power = ms + _LEVEL_EPS
     rank = round(SPEECH_REF_PERCENTILE / 100.0 * (len(power) - 1))
-    reference_db = 10.0 * math.log10(float(np.partition(power, rank)[rank]))
-    threshold_db = reference_db - range_db
+    noise_rank = round(SPEECH_NOISE_PERCENTILE / 100.0 * (len(power) - 1))
+    ordered = np.partition(power, (noise_rank, rank))
+    reference_db = 10.0 * math.log10(float(ordered[rank]))
+    noise_db = 10.0 * math.log10(float(ordered[noise_rank]))
+    threshold_db = max(reference_db - range_db, min(noise_db + noise_margin_db, reference_db - noise_margin_db))
     speech = np.zeros(len(power) + 2, dtype=bool)
     if threshold_db > floor_dbfs:  # at or above reference - range_db ...
         np.greater_equal(power, 10.0 ** (threshold_db / 10.0), out=speech[1:-1])

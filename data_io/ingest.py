@@ -40,7 +40,8 @@ QUARANTINE_FILE = "_quarantine.jsonl"
 DEFAULT_SHARD_SIZE = 256
 
 # What filled the speech column: speech_regions' keyword defaults plus the fixed reference percentile.
-SPEECH_DETECTION = {**audio.SPEECH_DETECTION, "ref_percentile": audio.SPEECH_REF_PERCENTILE}
+SPEECH_DETECTION = {**audio.SPEECH_DETECTION, "ref_percentile": audio.SPEECH_REF_PERCENTILE,
+                    "noise_percentile": audio.SPEECH_NOISE_PERCENTILE}
 
 MapUnordered = Callable[[Callable, Sequence[tuple]], Iterator]
 

@@ -220,7 +220,17 @@ def test_speech_regions_range_is_relative_to_the_loudest_frames():
     y, truth = _bursts([("silence", 0.3), ("speech", 0.4), ("silence", 0.5), ("speech", 0.4), ("silence", 0.3)])
     y = y + _noise(len(y) / SAMPLE_RATE, -50.0, 7)
     _assert_regions(speech_regions(y, SAMPLE_RATE, range_db=25.0), truth)
-    _assert_regions(speech_regions(y, SAMPLE_RATE, range_db=35.0), [(0.0, len(y) / SAMPLE_RATE)])
+    # At range_db 35 the background would count as speech; the noise-floor margin (10 dB) still finds the bursts.
+    _assert_regions(speech_regions(y, SAMPLE_RATE, range_db=35.0), truth)
+    whole = speech_regions(y, SAMPLE_RATE, range_db=35.0, noise_margin_db=1e-3)  # no margin: noise is speech
+    assert len(whole) == 1 and whole[0, 1] - whole[0, 0] > 0.9 * len(y) / SAMPLE_RATE
+
+
+def test_speech_regions_keeps_pauses_on_a_noisy_line():
+    # Telephone hiss 18 dB under the voice: the noise floor, not range_db, sets the threshold.
+    y, truth = _bursts([("silence", 0.3), ("speech", 0.4), ("silence", 0.5), ("speech", 0.4), ("silence", 0.3)])
+    y = y + _noise(len(y) / SAMPLE_RATE, -38.0, 11)
+    _assert_regions(speech_regions(y, SAMPLE_RATE), truth)
 
 
 def test_speech_regions_on_telephone_rate_and_short_signals():
