@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,16 @@ def memory_child(shard_dir: str, path: str, n_folds: int, width: int, batch: int
     data, store = search_data(Path(shard_dir), n_folds)
     from trainables.loop import run_trial
 
-    # Measure from a reset peak: the store and the imports are in the baseline.
+    # Measure from a reset peak: the store and the imports are in the baseline. Memory freed by loading (Arrow's
+    # pool, the C heap) is handed back first, or it would be counted as baseline and reused by the trial.
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     base = _rss_kb("VmRSS")
     if path == "new":
@@ -182,7 +192,9 @@ def old_dense_epoch(data, width: int, batch: int) -> None:
 def run_memory(shard_dir: Path, path: str, n_folds: int, width: int, batch: int) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.data_path import memory_child; "
             f"print(json.dumps(memory_child({str(shard_dir)!r}, {path!r}, {n_folds}, {width}, {batch})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Arrow's system pool: its default (jemalloc/mimalloc) keeps freed buffers and returns them at random later.
+    env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -242,13 +254,18 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256, help="window width in frames (hop = width / 2)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=30, help="batches timed per figure")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the corpus and shards in this folder and reuse them on the next run")
     args = ap.parse_args()
     if args.smoke:
         args.scale, args.batches = "small", 5
     from threadpoolctl import threadpool_limits
 
     with tempfile.TemporaryDirectory(prefix="emotune-datapath-") as tmp, threadpool_limits(limits=1):
-        shard_dir, build_s = build_shards(Path(tmp), args.scale)
+        work = args.work or Path(tmp)
+        shard_dir, build_s = work / "shards" / "iemocap" / "spectrogram", 0.0
+        if not (shard_dir / "_manifest.json").exists():
+            shard_dir, build_s = build_shards(work, args.scale)
         _, store = search_data(shard_dir, 5)
         sizes = store_bytes(store)
         n_frames = int(store.shapes[:, 0].sum())

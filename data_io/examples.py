@@ -253,6 +253,7 @@ def gather(spec: ExampleSpec, store: FeatureStore, index: ExampleIndex, normaliz
         else:
             chunk = mat[start:start + width]
         out[k, :len(chunk)] = chunk
+        out[k, len(chunk):] = 0.0  # padding (re-zeroed after normalisation; never garbage in the arithmetic)
         lengths[k] = len(chunk)
     normalizer.apply(out)
     short = lengths < width

@@ -120,11 +120,12 @@ class FeatureStore:
         self.utterance_level = bool(len(self.shapes) == 0 or np.all(self.shapes[:, 0] == 1))
         if self.row_stats is None and not self.utterance_level:
             self.row_stats = compute_row_stats(self.values, self.offsets, self.shapes)
-        self._speech_cache: dict[int, np.ndarray] = {}
+        self._row_cache: dict = {}  # per-process: frame ranges and speech frames of rows already used
+        self._interval_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_speech_cache"] = {}  # process-local; never ship it through the object store
+        state["_row_cache"], state["_interval_cache"] = {}, {}  # process-local; never shipped to trials
         return state
 
     # ---- rows ----------------------------------------------------------------------------------------------
@@ -176,27 +177,32 @@ class FeatureStore:
         """
         if self.frame_rate is None or column not in self.meta.column_names:
             return np.zeros((0, 2), dtype=np.int64)
-        flat = self.meta.column(column)[row].as_py()
-        if not flat:
-            return np.zeros((0, 2), dtype=np.int64)
-        sec = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
-        n_frames = int(self.shapes[row, 0])
+        if column not in self._interval_cache:
+            self._interval_cache[column] = self._frame_ranges(column)
+        first, ranges = self._interval_cache[column]
+        return ranges[first[row]:first[row + 1]]
+
+    def _frame_ranges(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's intervals as frame ranges, in one vectorised pass: (first interval per row, (M, 2) ranges)."""
+        col = self.meta.column(column).combine_chunks()
+        offsets = np.asarray(col.offsets, dtype=np.int64)
+        first = (offsets - offsets[0]) // 2  # null lists (no alignment) have no intervals
+        sec = col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, 2)
+        n_frames = np.repeat(self.shapes[:, 0], np.diff(first))
         start = np.clip(np.floor(sec[:, 0] * self.frame_rate), 0, n_frames - 1).astype(np.int64)
         end = np.clip(np.ceil(sec[:, 1] * self.frame_rate), 1, n_frames).astype(np.int64)
-        end = np.maximum(end, start + 1)
-        return np.stack([start, end], axis=1)
+        return first, np.stack([start, np.maximum(end, start + 1)], axis=1)
 
     def speech_frames(self, row: int) -> np.ndarray:
         """The frame indices of a row that lie in its speech regions (all frames when it has none)."""
-        hit = self._speech_cache.get(row)
+        hit = self._row_cache.get(row)
         if hit is None:
             spans = self.regions(row, "speech")
             if len(spans):
-                hit = np.concatenate([np.arange(s, e) for s, e in spans])
-                hit = np.unique(hit)
+                hit = np.unique(np.concatenate([np.arange(s, e) for s, e in spans]))  # ranges may touch
             else:
                 hit = np.arange(int(self.shapes[row, 0]))
-            self._speech_cache[row] = hit
+            self._row_cache[row] = hit
         return hit
 
     # ---- copies --------------------------------------------------------------------------------------------

@@ -30,3 +30,16 @@ def msp_functionals(synth_corpora, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     summary = ingest("msp_podcast", synth_corpora / "msp_podcast", out, ["functionals", "logmel"], shard_size=64)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def frame_shards(synth_corpora, tmp_path_factory):
+    """fbank40 shards of the synthetic IEMOCAP, call-centre (CSV, corpus ``csv``) and LibriSpeech corpora, and
+    IEMOCAP logmel: ``shard_root`` with ``<corpus>/<feature_set>`` folders."""
+    from data_io.ingest import ingest
+
+    out = tmp_path_factory.mktemp("frame_shards")
+    ingest("iemocap", synth_corpora / "iemocap", out, ["fbank40", "logmel"], shard_size=128)
+    ingest("csv", synth_corpora / "callcenter", out, ["fbank40"], shard_size=128)
+    ingest("librispeech", synth_corpora / "librispeech", out, ["fbank40"], shard_size=128)
+    return out

@@ -112,14 +112,11 @@ def test_normalizer_is_a_plain_affine_map():
     np.testing.assert_allclose(norm.apply(np.array([[3.0, 6.0]], np.float32)), [[1.0, 1.0]])
 
 
-def test_load_store_marks_auxiliary_rows_and_refuses_mixed_feature_sets(synth_corpora, tmp_path):
-    from data_io.ingest import ingest
+def test_load_store_marks_auxiliary_rows_and_refuses_mixed_feature_sets(frame_shards):
     from data_io.shards import open_shards
     from data_io.store import load_store
 
-    out = tmp_path / "shards"
-    ingest("iemocap", synth_corpora / "iemocap", out, ["fbank40", "logmel"], shard_size=128)
-    ingest("librispeech", synth_corpora / "librispeech", out, ["fbank40"], shard_size=128)
+    out = frame_shards
     iemocap = open_shards(out / "iemocap" / "fbank40")
     libri = open_shards(out / "librispeech" / "fbank40")
     store = load_store([iemocap], [(libri, ("gender", "speaker"))])
