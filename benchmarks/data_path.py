@@ -133,14 +133,14 @@ def memory_child(shard_dir: str, path: str, n_folds: int, width: int, batch: int
     torch.set_num_threads(1)
     register_bench_family(width, "crop")
     data, store = search_data(Path(shard_dir), n_folds)
-    from trainables.loop import run_trial
-
     # Measure from a reset peak: the store and the imports are in the baseline. Memory freed by loading (Arrow's
     # pool, the C heap) is handed back first, or it would be counted as baseline and reused by the trial.
     import ctypes
     import gc
 
     import pyarrow as pa
+
+    from trainables.loop import run_trial
 
     gc.collect()
     pa.default_memory_pool().release_unused()
