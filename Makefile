@@ -39,6 +39,7 @@ mlflow-ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/sweep_overhead.py
+	$(PY) benchmarks/data_path.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

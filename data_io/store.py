@@ -175,9 +175,9 @@ class FeatureStore:
 
         Empty when the column is null or absent. Ranges are clipped to the row's frames and never empty.
         """
-        if self.frame_rate is None or column not in self.meta.column_names:
-            return np.zeros((0, 2), dtype=np.int64)
         if column not in self._interval_cache:
+            if self.frame_rate is None or column not in self.meta.column_names:
+                return np.zeros((0, 2), dtype=np.int64)
             self._interval_cache[column] = self._frame_ranges(column)
         first, ranges = self._interval_cache[column]
         return ranges[first[row]:first[row + 1]]
@@ -198,10 +198,10 @@ class FeatureStore:
         hit = self._row_cache.get(row)
         if hit is None:
             spans = self.regions(row, "speech")
-            if len(spans):
-                hit = np.unique(np.concatenate([np.arange(s, e) for s, e in spans]))  # ranges may touch
-            else:
-                hit = np.arange(int(self.shapes[row, 0]))
+            mask = np.zeros(int(self.shapes[row, 0]), dtype=bool)
+            for start, end in spans.tolist():  # ranges may touch or overlap by a frame after rounding
+                mask[start:end] = True
+            hit = np.flatnonzero(mask) if len(spans) else np.arange(len(mask))
             self._row_cache[row] = hit
         return hit
 

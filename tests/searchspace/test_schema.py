@@ -251,3 +251,32 @@ def test_config_is_frozen():
     cfg = SweepConfig.model_validate(FULL)
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.search.num_samples = 3
+
+
+def test_data_auxiliary_encoders_and_corpus_protocols(tmp_path):
+    raw = _with("data.targets", ["emotion", "gender", "speaker", "va3"])
+    raw["data"].update(emotion_classes=["neutral", "happy", "sad", "angry"],
+                       encoders={"va3": {"encoder": "kmeans", "k": 3}, "speaker": "speakers"},
+                       auxiliary=["shards/ami/fbank40", {"shards": "shards/librispeech/fbank40",
+                                                         "targets": ["gender", "speaker"]}],
+                       corpus_protocols={"callcenter": {"protocol": "random_kfold", "k": 5}})
+    cfg = SweepConfig.model_validate(raw)
+    assert cfg.data.auxiliary[0].shards == "shards/ami/fbank40" and cfg.data.auxiliary[0].targets == []
+    assert cfg.data.auxiliary[1].targets == ["gender", "speaker"]
+    assert cfg.resolved_auxiliary(tmp_path)[1] == (tmp_path / "shards/librispeech/fbank40").resolve()
+    assert cfg.data.corpus_protocols["callcenter"]["protocol"] == "random_kfold"
+
+
+@pytest.mark.parametrize("data, field, says", [
+    ({"targets": ["arousal", "va3"]}, "data.targets", "needs its encoder in data.encoders"),
+    ({"encoders": {"emotion": "soft"}}, "data.encoders.emotion", "not in data.targets"),
+    ({"auxiliary": [{"shards": "x", "targets": ["gender"]}]}, "data.auxiliary.0.targets", "not in data.targets"),
+    ({"auxiliary": [{"path": "x"}]}, "data.auxiliary.0.path", "unknown key"),
+    ({"corpus_protocols": {"callcenter": {"protocol": "kfold"}}}, "data.corpus_protocols.callcenter.protocol",
+     "must be one of"),
+])
+def test_bad_data_sections_name_the_field(data, field, says):
+    raw = copy.deepcopy(FULL)
+    raw["data"].update(data)
+    message = _problems(raw)
+    assert f"{field}: " in message and says in message
