@@ -117,6 +117,13 @@ def encode_labels(encoders: Mapping, store: FeatureStore, rows: np.ndarray) -> d
 
 # ---- training ----------------------------------------------------------------------------------------------
 
+def class_index(labels: Mapping[str, np.ndarray], target: str) -> np.ndarray:
+    """Each row's class of a class or soft target (a soft label's argmax), -1 where the row has no label."""
+    values = labels[target]
+    cls = values.argmax(axis=1) if values.ndim == 2 else values.astype(np.int64)
+    return np.where(labels[f"{target}_mask"], cls, -1)
+
+
 def _subsample(rows: np.ndarray, keep: int, generator: torch.Generator) -> np.ndarray:
     pick = torch.randperm(len(rows), generator=generator)[:keep].numpy()
     return np.sort(rows[pick])
@@ -142,7 +149,8 @@ class TrainSet:
         aux = store.is_auxiliary(train_rows)
         labelled, aux_rows = train_rows[~aux], train_rows[aux]
         if sampling.caps:
-            labelled = self._cap(labelled, encode_labels(encoders, store, labelled), encoders, sampling)
+            labelled = self._cap(labelled, encode_labels(encoders, store, labelled), encoders, sampling.caps,
+                                 sampling.cap_target)
         if sampling.fraction < 1:
             labelled = _subsample(labelled, max(1, round(sampling.fraction * len(labelled))), generator)
         self.rows = np.concatenate([labelled, aux_rows])
@@ -158,30 +166,24 @@ class TrainSet:
             if sampling.balance not in encoders:
                 raise ValueError(f"sampling.balance names {sampling.balance!r}, which is not a target of this "
                                  f"sweep ({sorted(encoders)}); add it to data.targets")
-            values = self.labels[sampling.balance]
-            cls = values.argmax(axis=1) if values.ndim == 2 else values.astype(np.int64)
-            cls = np.where(self.labels[f"{sampling.balance}_mask"], cls, -1)
+            cls = class_index(self.labels, sampling.balance)
             self.classes_of = cls[self.position[self.index.rows[self.labelled_examples]]]
 
     def _cap(self, rows: np.ndarray, labels: Mapping[str, np.ndarray], encoders: Mapping,
-             sampling: Sampling) -> np.ndarray:
+             caps: Sequence[tuple[str, str, int]], target: str) -> np.ndarray:
         """Keep at most the capped number of training rows of each (corpus, class), chosen by the generator."""
-        if not sampling.caps:
-            return rows
-        target = sampling.cap_target
         classes = getattr(encoders.get(target), "classes", None)
         if classes is None:
             raise ValueError(f"class caps name classes of {target!r}, which is not a class target of this sweep "
                              f"({sorted(encoders)}); add it to data.targets or set cap_target")
-        values, mask = labels[target], labels[f"{target}_mask"]
-        cls = values.argmax(axis=1) if values.ndim == 2 else values.astype(np.int64)
+        cls = class_index(labels, target)
         corpus = np.asarray(self.store.meta.column("corpus").take(pa.array(rows)).to_pylist(), dtype=object)
         keep = np.ones(len(rows), dtype=bool)
-        for corpus_name, class_name, cap in sampling.caps:
+        for corpus_name, class_name, cap in caps:
             if class_name not in classes:
                 raise ValueError(f"class cap ({corpus_name!r}, {class_name!r}, {cap}) names a class that "
                                  f"{target!r} does not have; its classes are {list(classes)}")
-            hit = np.flatnonzero(mask & (cls == classes.index(class_name)) & (corpus == corpus_name))
+            hit = np.flatnonzero((cls == classes.index(class_name)) & (corpus == corpus_name))
             if len(hit) > cap:
                 drop = hit[torch.randperm(len(hit), generator=self.generator)[cap:].numpy()]
                 keep[drop] = False
@@ -213,7 +215,7 @@ class TrainSet:
         cursor, batches = 0, []
         for i in range(0, len(order), batch_size):
             part = order[i:i + batch_size]
-            want = max(1, round(s.aux_ratio * len(part)))
+            want = round(s.aux_ratio * len(part))
             take = []
             while want > 0:
                 if cursor == len(aux_order):  # cycle through a fresh order
