@@ -27,7 +27,12 @@ def _parse_feature_params(items: list[str]) -> dict[str, dict]:
         if not sep or not dot or not fs or not field:
             raise ValueError(f"--feature-param must look like FEATURE_SET.FIELD=VALUE (e.g. logmel.n_mels=80), "
                              f"got {item!r}")
-        out.setdefault(fs, {})[field] = yaml.safe_load(value)
+        try:
+            out.setdefault(fs, {})[field] = yaml.safe_load(value)
+        except yaml.YAMLError as err:  # its str() spans several lines; the first problem is enough
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"--feature-param {item!r}: the value {value!r} is not a YAML value ({problem}); "
+                             f"e.g. logmel.n_mels=80 or logmel.fmax=null") from None
     return out
 
 
@@ -40,10 +45,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from data_io.ingest import ingest
+    from data_io.ingest import DEFAULT_MAX_SECONDS, ingest
 
     feature_sets = [f.strip() for f in args.features.split(",") if f.strip()]
     adapter_options = {"manifest": args.manifest} if args.manifest else {}
+    name = getattr(args, "name", None)  # cmd_demo builds its own Namespace
+    if args.corpus == "csv":
+        if name is None:
+            raise ValueError("--corpus csv needs --name NAME: the corpus's name, used for its shard folder "
+                             "OUT/NAME/ and its rows' corpus column (so two CSV corpora stay apart)")
+        adapter_options["name"] = name
+    elif name is not None:
+        raise ValueError(f"--name is for --corpus csv only; {args.corpus} shards go to OUT/{args.corpus}/")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     started = []
 
@@ -57,7 +70,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         summary = ingest(args.corpus, Path(args.root), Path(args.out), feature_sets,
                          feature_overrides=_parse_feature_params(args.feature_param),
                          adapter_options=adapter_options, shard_size=args.shard_size,
-                         overwrite=args.overwrite, map_unordered=ray_map if use_ray else None,
+                         overwrite=args.overwrite, max_seconds=getattr(args, "max_seconds", DEFAULT_MAX_SECONDS),
+                         map_unordered=ray_map if use_ray else None,
                          show_progress=not args.quiet)
     finally:
         if any(started):
@@ -97,7 +111,7 @@ def shards_summary(ss) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from data_io import adapters, features, synth
+    from data_io import adapters, audio, features, synth
 
     p = argparse.ArgumentParser(prog="emotune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -115,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", required=True,
                    help=f"comma-separated feature sets from {sorted(features.PRESETS)}")
     s.add_argument("--out", required=True, help="shard root; shards go to OUT/CORPUS/FEATURE_SET/")
+    s.add_argument("--name", default=None,
+                   help="csv corpus (required there): its name, so shards go to OUT/NAME/FEATURE_SET/ and rows "
+                        "carry corpus NAME")
+    s.add_argument("--max-seconds", type=float, default=audio.DEFAULT_MAX_SECONDS,
+                   help="quarantine audio files longer than this many seconds (judged from the header, before "
+                        "decoding; bounds the memory one file takes)")
     s.add_argument("--shard-size", type=int, default=256, help="utterances per shard")
     s.add_argument("--workers", type=int, default=None, help="parallel Ray tasks (default: all cores; 1 = no Ray)")
     s.add_argument("--overwrite", action="store_true", help="re-ingest from scratch instead of resuming")
@@ -167,7 +187,12 @@ def _parse_sets(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set must look like FIELD=VALUE (e.g. search.num_samples=8), got {item!r}")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = str(err).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value is not valid YAML ({problem}); quote strings and close "
+                             f"brackets, e.g. --set 'model.fixed.hidden=[64, 64]'") from None
     return out
 
 

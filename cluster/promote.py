@@ -6,6 +6,7 @@ both versions carry the metric, its mode and the data manifest hash as model-ver
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mlflow.exceptions import MlflowException
@@ -27,6 +28,15 @@ def _by_alias(client: MlflowClient, name: str, alias: str):
         return None
 
 
+def _score(version) -> float | None:
+    """The version's validation score, or None when the tag is missing or not a finite number."""
+    try:
+        value = float(version.tags["val_score"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def promote(model_name: str, tracking_uri: str, candidate_alias: str = "candidate",
             champion_alias: str = "champion") -> PromotionDecision:
     """Point ``champion_alias`` at the candidate version if it beats the champion on validation.
@@ -43,6 +53,10 @@ def promote(model_name: str, tracking_uri: str, candidate_alias: str = "candidat
     cand = _by_alias(client, model_name, candidate_alias)
     if cand is None:
         raise ValueError(f"model {model_name!r} has no version with alias {candidate_alias!r}; run a sweep first")
+    if _score(cand) is None:
+        raise ValueError(f"candidate v{cand.version} of {model_name!r} has no finite validation score (tag val_score "
+                         f"= {cand.tags.get('val_score')!r}); only versions registered by a finished sweep can be "
+                         f"promoted")
     champ = _by_alias(client, model_name, champion_alias)
     if champ is None:
         client.set_registered_model_alias(model_name, champion_alias, cand.version)
@@ -64,7 +78,11 @@ def promote(model_name: str, tracking_uri: str, candidate_alias: str = "candidat
                                         f"on {str(h_tags.get('data_manifest_hash'))[:12]}; validation scores on "
                                         f"different data are not comparable (re-run the sweep on the champion's "
                                         f"shards)", cand.version, champ.version)
-    c_score, h_score = float(c_tags["val_score"]), float(h_tags["val_score"])
+    c_score, h_score = _score(cand), _score(champ)
+    if h_score is None:  # a champion without a valid score (set by hand) is beaten by any scored candidate
+        client.set_registered_model_alias(model_name, champion_alias, cand.version)
+        return PromotionDecision(True, f"promoted: champion v{champ.version} has no finite validation score; "
+                                       f"{champion_alias} -> v{cand.version}", cand.version, champ.version)
     better = c_score > h_score if c_tags.get("val_mode", "max") == "max" else c_score < h_score
     metric = c_tags.get("val_metric")
     if not better:

@@ -112,11 +112,15 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                  "metric": cfg.search.metric, "mode": cfg.search.mode}
     # Sample the space once (a throwaway study) so bad ranges fail now, and check the config builds.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    probe = space_with_constants(study.ask(), family.space, constants, **space_kwargs)
     from trainables.loop import split_config
 
-    model_kwargs, _ = split_config(probe, family)
-    family.config_cls(**model_kwargs)
+    try:
+        probe = space_with_constants(study.ask(), family.space, constants, **space_kwargs)
+        model_kwargs, _ = split_config(probe, family)
+        family.config_cls(**model_kwargs)
+    except TypeError as err:  # a value of the wrong type (hidden: -5 where a list is expected) deep in the family
+        raise ValueError(f"model.fixed / search.ranges: a value has the wrong type for family {family.name!r} "
+                         f"({err}); fixed: {fixed}") from None
     points = []
     for point in cfg.search.points_to_evaluate:
         bad = sorted(set(point) - family.config_fields() - set(family.search_only))
@@ -135,10 +139,16 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
     from cluster.tracking import resolve_tracking_uri
 
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
+    scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else ""
+    if scheme not in ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"):
+        raise ValueError(f"tracking.uri {tracking_uri!r} has the scheme {scheme!r}, which MLflow cannot store runs "
+                         f"in; use sqlite:///PATH.db, a folder path, or http://HOST:PORT of a tracking server")
+
     return Prepared(cfg=cfg, family=family, shard_sets=shard_sets, folds=folds, auxiliary=auxiliary,
                     manifest_hash=manifest_hash,
                     constants=constants, space_kwargs=space_kwargs, storage=storage_path,
-                    tracking_uri=resolve_tracking_uri(cfg.tracking.uri),
+                    tracking_uri=tracking_uri,
                     experiment=cfg.tracking.experiment or cfg.name,
                     model_name=cfg.registry.model_name or f"emotune-{family.name}", num_samples=num_samples,
                     grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds))
@@ -149,7 +159,11 @@ def _open(folder: Path, field: str):
 
     if not Path(folder).exists():
         raise ValueError(f"{field}: {folder} does not exist; run `emotune ingest ... --out` first or fix the path")
-    return shards.open_shards(Path(folder))
+    # Verified by default: every part's sha256 (cached by size, mtime, ctime and inode, so a second sweep over the
+    # same shards only stats them) and every label finite, before anything trains on them.
+    shard_set = shards.open_shards(Path(folder), verify_checksums=True)
+    shard_set.check_finite_metadata()
+    return shard_set
 
 
 def _check_auxiliary(cfg, shard_sets: list, auxiliary: list) -> None:
@@ -203,7 +217,10 @@ def _build_folds(cfg, meta) -> list:
     from data_io import folds as folds_mod
 
     if not cfg.data.corpus_protocols:
-        return folds_mod.build_folds(cfg.data.protocol, meta, **dict(cfg.data.protocol_options))
+        try:
+            return folds_mod.build_folds(cfg.data.protocol, meta, **dict(cfg.data.protocol_options))
+        except TypeError as err:  # an option the protocol does not take
+            raise ValueError(f"data.protocol_options: {err}") from None
     corpora = sorted(set(meta.column("corpus").to_pylist()))
     unknown = sorted(set(cfg.data.corpus_protocols) - set(corpora))
     if unknown:
@@ -271,22 +288,35 @@ class SweepResult:
 
 def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None = None, fresh: bool = False,
               num_cpus: int | None = None) -> SweepResult:
-    """Run (or resume) a sweep end to end. See the module docstring for the phases."""
-    import shutil
+    """Run (or resume) a sweep end to end. See the module docstring for the phases.
 
+    Raises:
+        ValueError: A bad config (before anything starts), or another live run of this sweep holds its experiment
+            folder (:class:`cluster.lock.SweepLockedError`, naming that run).
+    """
+    from cluster.lock import lock_experiment
+
+    overrides = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
+    prep = prepare(config_path, overrides)  # everything that can fail on bad input fails before Ray starts
+    _check_local_resources(prep.cfg, num_cpus)
+    # The lock comes before the state file, MLflow and Ray: two runs of one sweep would double its trials and runs.
+    with lock_experiment(prep.storage, prep.cfg.name) as lock:
+        return _run_locked(prep, fresh=fresh, num_cpus=num_cpus, locked=lock.held)
+
+
+def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bool) -> SweepResult:
+    """:func:`run_sweep` once the experiment folder is locked (``locked`` False: object storage, no lock)."""
     import mlflow
     import ray
     from mlflow.tracking import MlflowClient
 
     from cluster import tracking
 
-    overrides = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
-    prep = prepare(config_path, overrides)  # everything that can fail on bad input fails before Ray starts
     cfg = prep.cfg
     exp_dir = Path(prep.storage) / cfg.name
     if fresh:
-        for d in (exp_dir, Path(prep.storage) / f"{cfg.name}-repeats"):
-            shutil.rmtree(d, ignore_errors=True)
+        _discard(exp_dir)
+        _discard(Path(prep.storage) / f"{cfg.name}-repeats")
     state = _load_state(exp_dir)
 
     mlflow.set_tracking_uri(prep.tracking_uri)
@@ -297,8 +327,13 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
                    "sweep": cfg.name, "objective": cfg.search.metric}
     parent_id = state.get("parent_run_id")
     if parent_id is None:
-        parent = client.create_run(experiment_id, run_name=cfg.name, tags={**static_tags, tracking.ROLE_TAG: "sweep"})
+        # No state here (a new or deleted folder, or --fresh) but MLflow may hold this sweep's parent still RUNNING.
+        orphans = tracking.running_sweep_parents(client, experiment_id, cfg.name)
+        folder = _folder_tag(prep.storage, cfg.name)
+        parent = client.create_run(experiment_id, run_name=cfg.name,
+                                   tags={**static_tags, tracking.ROLE_TAG: "sweep", tracking.FOLDER_TAG: folder})
         parent_id = parent.info.run_id
+        _supersede(client, experiment_id, cfg.name, orphans, folder, parent_id, locked=locked, fresh=fresh)
         client.log_batch(parent_id, params=[mlflow.entities.Param(k, tracking._param_value(v))
                                             for k, v in sorted(cfg.to_flat_dict().items())])
         client.log_text(parent_id, json.dumps(prep.fold_summary, indent=1), "folds.json")
@@ -352,6 +387,76 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     return SweepResult(parent_run_id=parent_id, experiment_id=experiment_id, selected=state["selected"],
                        table_markdown=table_md, test=state["test"], model_version=state.get("model_version"),
                        search_trials=state.get("search_trials", 0))
+
+
+def _check_local_resources(cfg, num_cpus: int | None) -> None:
+    """A trial asking more CPUs or GPUs than a local Ray will have stays PENDING forever: refuse it now.
+
+    Only for a local Ray (no ``RAY_ADDRESS``): a cluster's autoscaler may add nodes, so its requests are its own.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    cpus = num_cpus or os.cpu_count() or 1
+    if float(cfg.resources.cpu) > cpus:
+        raise ValueError(f"resources.cpu is {cfg.resources.cpu} per trial but the local Ray has {cpus} CPUs, so no "
+                         f"trial could ever start; lower resources.cpu or run on a cluster (RAY_ADDRESS)")
+    if float(cfg.resources.gpu) > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if float(cfg.resources.gpu) > gpus:
+            raise ValueError(f"resources.gpu is {cfg.resources.gpu} per trial but this machine has {gpus} GPUs; "
+                             f"set resources.gpu: 0 or run on a GPU cluster (RAY_ADDRESS)")
+
+
+def _discard(folder: Path) -> None:
+    """``--fresh``: empty an experiment folder, keeping the lock file this run holds in it."""
+    import shutil
+
+    from cluster.lock import LOCK_FILE
+
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _folder_tag(storage: str, name: str) -> str:
+    """Which experiment folder a parent run belongs to: ``host:path`` (local paths on two hosts are two folders)."""
+    import socket
+
+    return f"{storage}/{name}" if "://" in str(storage) else f"{socket.gethostname()}:{Path(storage) / name}"
+
+
+def _supersede(client, experiment_id: str, name: str, orphans: list, folder: str, parent_id: str, *,
+               locked: bool, fresh: bool) -> None:
+    """Mark this sweep's parent runs left RUNNING by a vanished (or ``--fresh``) experiment folder FAILED.
+
+    Only a parent of the folder this run has locked is certainly dead; one from another folder (or any, when the
+    storage cannot be locked) may belong to a live run elsewhere, so it is only reported.
+    """
+    import sys
+
+    from cluster import tracking
+
+    for run in orphans:
+        old_id, theirs = run.info.run_id, run.data.tags.get(tracking.FOLDER_TAG)
+        if not locked or (theirs is not None and theirs != folder):
+            print(f"emotune: warning: MLflow parent run {old_id} of sweep {name!r} is RUNNING, started from "
+                  f"{theirs or 'an unknown folder'}; it may be a live run this one cannot lock, so it is left alone "
+                  f"(if it is dead: MlflowClient().set_terminated({old_id!r}, 'FAILED')); new parent run {parent_id}",
+                  file=sys.stderr, flush=True)
+            continue
+        why = "experiment folder discarded by --fresh" if fresh else "experiment folder missing"
+        children = tracking.abandon_run(client, experiment_id, old_id, f"{why}; superseded by {parent_id}")
+        print(f"emotune: warning: MLflow parent run {old_id} of sweep {name!r} was still RUNNING although its "
+              f"experiment folder has no sweep state ({why}); marked it and {children} running child run(s) FAILED "
+              f"(tag {tracking.ABANDONED_TAG}); new parent run {parent_id}", file=sys.stderr, flush=True)
 
 
 def build_search_data(prep: Prepared, store):
@@ -477,6 +582,25 @@ def _finite(v) -> bool:
         return False
 
 
+def _check_finite_weights(state: dict, trial_id) -> None:
+    """Refuse to register a checkpoint holding a NaN or infinite tensor: a diverged model never is registered."""
+    import torch
+
+    def walk(obj, path):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not torch.isfinite(obj).all():
+                raise ValueError(f"the best repeat (trial {trial_id}) has non-finite values in {path} of its "
+                                 f"checkpoint; nothing was registered. Lower the learning rate or check the data")
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{path}[{i}]")
+
+    walk(state, "")
+
+
 def _jsonable(config: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()}
 
@@ -488,16 +612,19 @@ def select(results: list[dict], metric: str, mode: str, per_variant: bool) -> di
         ``{variant_or_"all": {"trial_id", "config", "val_score", "best_epoch"}}``.
 
     Raises:
-        RuntimeError: No trial reported the metric (all failed).
+        ValueError: No trial reported a finite value of the metric (all failed or diverged): a user error (exit 2)
+            in the config or the data, never a model to register.
     """
-    if not results:
-        raise RuntimeError(f"no search trial reported {metric!r}; see the trial errors above")
+    if not any(_finite(r["best"].get(metric)) for r in results):
+        raise ValueError(f"no search trial reported a finite {metric!r} ({len(results)} of them reported anything); "
+                         f"every trial failed or diverged (see the trial errors above: a learning rate or noise too "
+                         f"large, NaN in the data, or a metric the family does not produce). Nothing was registered")
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(r["variant"] if per_variant else "all", []).append(r)
     chosen = {}
     for key, rs in sorted(groups.items()):
-        rs = [r for r in rs if metric in r["best"]]
+        rs = [r for r in rs if _finite(r["best"].get(metric))]
         if not rs:
             continue
         best = (max if mode == "max" else min)(rs, key=lambda r: r["best"][metric])
@@ -581,11 +708,12 @@ def register_best(prep: Prepared, repeats: list[dict], test: dict, parent_id: st
 
     cfg = prep.cfg
     metric, mode = cfg.search.metric, cfg.search.mode
-    scored = [r for r in repeats if r["checkpoint"] and metric in r["best"]]
+    scored = [r for r in repeats if r["checkpoint"] and _finite(r["best"].get(metric))]
     if not scored:
         return None
     best = (max if mode == "max" else min)(scored, key=lambda r: r["best"][metric])
     state = load_state(best["checkpoint"])
+    _check_finite_weights(state, best["trial_id"])
     # The registered model is fold 0's; for cross-validation protocols that is the first fold's model.
     model, norm = model_from_state(state, 0)
     export = Standardized(model, norm["mean"], norm["std"]).eval()

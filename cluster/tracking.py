@@ -20,6 +20,8 @@ from ray import tune
 TRIAL_TAG = "ray_trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "emotune.role"  # "sweep" (parent), "search" or "repeat" (children)
+FOLDER_TAG = "emotune.experiment_folder"  # on a parent run: the experiment folder (``host:path``) it belongs to
+ABANDONED_TAG = "emotune.abandoned"  # on runs marked FAILED because their sweep vanished: why, and what replaced it
 
 
 def resolve_tracking_uri(configured: str | None) -> str:
@@ -58,6 +60,27 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, rol
     if role:
         query += f" and tags.`{ROLE_TAG}` = '{role}'"
     return client.search_runs([experiment_id], query, max_results=50_000)
+
+
+def running_sweep_parents(client: MlflowClient, experiment_id: str, sweep: str) -> list:
+    """The parent runs of sweep ``sweep`` in the experiment that are still RUNNING (FINISHED ones are history)."""
+    query = f"tags.sweep = '{sweep}' and tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'RUNNING'"
+    return client.search_runs([experiment_id], query, max_results=1000)
+
+
+def abandon_run(client: MlflowClient, experiment_id: str, parent_run_id: str, reason: str) -> int:
+    """Mark a sweep's parent run and its RUNNING child runs FAILED, tagged :data:`ABANDONED_TAG` = ``reason``.
+
+    Only for a parent whose driver is known dead: its children stay RUNNING forever otherwise.
+
+    Returns:
+        How many child runs were marked.
+    """
+    children = [r for r in child_runs(client, experiment_id, parent_run_id) if r.info.status == "RUNNING"]
+    for run_id in [r.info.run_id for r in children] + [parent_run_id]:
+        client.set_tag(run_id, ABANDONED_TAG, reason)
+        client.set_terminated(run_id, "FAILED")
+    return len(children)
 
 
 def _param_value(value) -> str:

@@ -13,12 +13,20 @@ name from :data:`ADAPTERS` (DESIGN.md: an explicit registry, no import strings).
   audio files that have no label entry, listing them in ``.unlabelled_files``;
 * returns records sorted by ``utt_id`` and rejects duplicate ids.
 
+The distributed corpora's label files are machine-written, so a malformed entry there means a wrong layout and
+raises. A CSV manifest is written by hand: a row with a bad value (an unknown emotion, a non-numeric, NaN, inf or
+out-of-scale attribute, an empty path or speaker, ...) is still yielded, as a record with only its id, speaker
+and path, and its problem is kept in ``.problems`` (``utt_id -> (reason, detail)``); ingestion quarantines it
+with that reason and ingests the other rows. Only a manifest-wide problem (a missing column, a duplicate id, a
+path escaping the root) raises.
+
 No adapter reads word alignments yet, so every record's ``words`` is None (the shards' ``words`` column is null).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -27,6 +35,25 @@ from pathlib import Path
 from data_io.schema import EMOTION_VOCAB, SPLITS, STYLES, UtteranceRecord
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+# Names that become folders (corpus and feature-set names): one plain path component, never "..", never hidden.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_plain_name(value, what: str) -> str:
+    """Return ``value`` if it is a plain name (:data:`PLAIN_NAME`, no ``..``), else raise ValueError.
+
+    Args:
+        value: The name, e.g. a corpus or feature-set name that becomes a folder under ``--out``.
+        what: What the name is, for the message (e.g. ``"--name"``).
+
+    Raises:
+        ValueError: ``value`` is not a string of letters, digits, ``_``, ``.`` and ``-`` starting with a letter or
+            digit, or it holds ``..`` (so it cannot name a path outside its parent folder).
+    """
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} must be a plain name (letters, digits, '_', '.', '-'; starting with a letter or "
+                         f"digit; no '..' or '/'), got {value!r}")
+    return value
 
 
 class CorpusPathError(ValueError):
@@ -61,6 +88,8 @@ class Adapter:
         root: The corpus folder found under the given root (resolved).
         label_scale: ``(lo, hi)`` of the arousal/valence/dominance scale, or None when there are no attributes.
         unlabelled_files: Audio files found without a label entry, from the last :meth:`records` call.
+        problems: ``utt_id -> (reason, detail)`` of the records of malformed entries from the last
+            :meth:`records` call (only the CSV adapter yields such records; ingestion quarantines them).
     """
 
     name = ""
@@ -77,6 +106,7 @@ class Adapter:
                                     f"the corpus ({self.layout})")
         self.root = self._find_corpus_dir(root.resolve())
         self.unlabelled_files: list[Path] = []
+        self.problems: dict[str, tuple[str, str]] = {}
 
     def _check_options(self, options: dict) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -128,6 +158,7 @@ class Adapter:
             CorpusPathError: An audio path escapes the corpus root.
         """
         self.unlabelled_files = []
+        self.problems = {}
         recs = self._records()
         seen: set[str] = set()
         for r in recs:
@@ -282,13 +313,17 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """Header and ``(line number, row)`` pairs; header names and values stripped of surrounding spaces."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        rows = []
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            rows.append((reader.line_num, {h: (row[i].strip() if i < len(row) else "") for i, h in
-                                           enumerate(header)}))
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            rows = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                rows.append((reader.line_num, {h: (row[i].strip() if i < len(row) else "") for i, h in
+                                               enumerate(header)}))
+        except (csv.Error, UnicodeDecodeError) as err:  # a NUL byte, a broken quote, not UTF-8 text
+            raise ValueError(f"{path}: not a readable CSV file near line {reader.line_num}: "
+                             f"{type(err).__name__}: {err}") from None
     return header, rows
 
 
@@ -537,13 +572,24 @@ CSV_OPTIONAL = ("utt_id", "gender", "session", "split", "style", "emotion", "aro
 _CSV_GENDERS = {"f": "F", "female": "F", "m": "M", "male": "M"}
 
 
+class _RowProblem(ValueError):
+    """A CSV row that cannot become a record; ingestion quarantines it with ``reason``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class CsvAdapter(Adapter):
     """Any corpus described by a CSV manifest (one row per utterance), e.g. the synthetic call-centre corpus.
 
     Options:
         manifest: File name of the manifest inside the root (default ``manifest.csv``). The root may also be the
             folder that holds the manifest's folder.
-        label_scale: ``(lo, hi)`` of the attribute columns (default ``(1, 5)``); values outside it are an error.
+        label_scale: ``(lo, hi)`` of the attribute columns (default ``(1, 5)``).
+        name: The corpus's name (default ``csv``; ``emotune ingest --corpus csv`` requires ``--name``): the
+            records' ``corpus`` (so per-corpus metrics tell two CSV corpora apart) and the shard folder
+            ``<out>/<name>/``. A plain name (:func:`check_plain_name`).
 
     Columns (header row; order free; unknown columns are ignored):
 
@@ -558,15 +604,21 @@ class CsvAdapter(Adapter):
     split      no       ``train`` / ``validation`` / ``test`` / ``test2``...; empty = none (folds decide)
     style      no       ``acted`` / ``spontaneous`` / ``read`` (default ``spontaneous``)
     emotion    no       a name from EMOTION_VOCAB (neutral, happy, sad, angry, ...); empty = no label
-    arousal    no       number on the label scale; empty = none (same for valence, dominance)
+    arousal    no       number on the label scale; empty (or NA) = none (same for valence, dominance)
     valence    no
     dominance  no
     ========== ======== ===============================================================================
+
+    A row with a bad value is yielded as a bare record (id, speaker, path) with its problem in ``.problems``:
+    reason ``non_finite_label`` for a NaN or inf attribute, ``bad_row`` for anything else (an empty path or
+    speaker, an unknown emotion, gender, split or style, a non-numeric or out-of-scale attribute). Its id is the
+    ``utt_id`` cell, else the file name's stem, else ``<manifest stem>-line<N>``. A missing column, a duplicate
+    id or a path outside the root still raises: they concern the whole manifest.
     """
 
     name = "csv"
     layout = "CSV manifest layout: <root>/manifest.csv with columns path,speaker[,utt_id,gender,...]"
-    options = ("manifest", "label_scale")
+    options = ("manifest", "label_scale", "name")
 
     def __init__(self, root: Path, **options) -> None:
         self._check_options(options)
@@ -575,6 +627,7 @@ class CsvAdapter(Adapter):
         if not isinstance(manifest, str) or Path(manifest).name != manifest:
             raise ValueError(f"csv: manifest must be a file name inside the root (e.g. 'manifest.csv'), "
                              f"got {manifest!r}")
+        self.name = check_plain_name(options.get("name", "csv"), "csv: the corpus name (--name)")
         self.manifest = manifest
         try:
             lo, hi = (float(x) for x in label_scale)
@@ -607,20 +660,33 @@ class CsvAdapter(Adapter):
         for lineno, row in rows:
             where = f"{manifest}:{lineno}"
             rel = row["path"]
-            if not rel:
-                raise ValueError(f"csv: {where}: empty path")
-            if not row["speaker"]:
-                raise ValueError(f"csv: {where}: empty speaker; every row needs one (speaker-disjoint folds)")
-            path = self._inside(Path(rel))
-            recs.append(UtteranceRecord(
-                utt_id=row.get("utt_id") or Path(rel).stem, corpus=self.name, audio_path=path,
-                speaker=row["speaker"], gender=self._gender(row.get("gender", ""), where),
-                session=row.get("session") or None, split=self._split(row.get("split", ""), where),
-                style=self._style(row.get("style", ""), where), emotion=self._emotion(row.get("emotion", ""), where),
-                arousal=self._attribute(row, "arousal", where), valence=self._attribute(row, "valence", where),
-                dominance=self._attribute(row, "dominance", where),
-            ))
+            utt_id = row.get("utt_id") or Path(rel).stem or f"{Path(self.manifest).stem}-line{lineno}"
+            path = manifest  # stands in for the audio of a row without a usable path (never read)
+            try:
+                if not rel:
+                    raise _RowProblem("bad_row", f"csv: {where}: empty path")
+                path = self._inside(Path(rel))  # CorpusPathError is not caught: it concerns the whole manifest
+                recs.append(self._record(row, utt_id, path, where))
+            except CorpusPathError:
+                raise
+            except ValueError as err:  # _RowProblem, a validator below, UtteranceRecord's own checks
+                self.problems[utt_id] = (getattr(err, "reason", "bad_row"), str(err))
+                recs.append(UtteranceRecord(utt_id=utt_id, corpus=self.name, audio_path=path,
+                                            speaker=row["speaker"] or "unknown"))
         return recs
+
+    def _record(self, row: dict[str, str], utt_id: str, path: Path, where: str) -> UtteranceRecord:
+        if not row["speaker"]:
+            raise _RowProblem("bad_row", f"csv: {where}: empty speaker; every row needs one (speaker-disjoint "
+                                         f"folds)")
+        return UtteranceRecord(
+            utt_id=utt_id, corpus=self.name, audio_path=path,
+            speaker=row["speaker"], gender=self._gender(row.get("gender", ""), where),
+            session=row.get("session") or None, split=self._split(row.get("split", ""), where),
+            style=self._style(row.get("style", ""), where), emotion=self._emotion(row.get("emotion", ""), where),
+            arousal=self._attribute(row, "arousal", where), valence=self._attribute(row, "valence", where),
+            dominance=self._attribute(row, "dominance", where),
+        )
 
     @staticmethod
     def _gender(value: str, where: str) -> str | None:
@@ -657,12 +723,18 @@ class CsvAdapter(Adapter):
         return value.lower()
 
     def _attribute(self, row: dict[str, str], column: str, where: str) -> float | None:
+        text = row.get(column) or ""
+        if not text or text.lower() in ("na", "none"):
+            return None
         try:
-            value = _float_or_none(row.get(column))
+            value = float(text)
         except ValueError:
-            raise ValueError(f"csv: {where}: {column} must be a number or empty, got {row[column]!r}") from None
+            raise ValueError(f"csv: {where}: {column} must be a number or empty, got {text!r}") from None
+        if not math.isfinite(value):  # "nan" too: a missing label is an empty cell, NaN is a broken value
+            raise _RowProblem("non_finite_label", f"csv: {where}: {column} = {text!r}; labels must be finite "
+                                                  f"numbers (leave the cell empty for no label)")
         lo, hi = self.label_scale
-        if value is not None and not lo <= value <= hi:
+        if not lo <= value <= hi:
             raise ValueError(f"csv: {where}: {column} = {value} lies outside the label scale [{lo}, {hi}]; "
                              f"pass label_scale=(lo, hi) if the corpus uses another scale")
         return value
@@ -680,13 +752,13 @@ ADAPTERS: dict[str, type[Adapter]] = {
 }
 
 
-def get_adapter(name: str, root: Path, **options) -> Adapter:
+def get_adapter(name: str, root: Path, /, **options) -> Adapter:
     """Build the adapter registered under ``name`` for the corpus at ``root``.
 
     Args:
         name: A key of :data:`ADAPTERS`.
         root: The corpus folder as distributed, or the folder holding it.
-        **options: Adapter options (only ``csv`` takes any: ``manifest``, ``label_scale``).
+        **options: Adapter options (only ``csv`` takes any: ``manifest``, ``label_scale``, ``name``).
 
     Returns:
         The adapter; call ``.records()`` for the utterances.

@@ -1,16 +1,22 @@
 """Decode an audio file to float32 mono at the project rate and check it is usable (DESIGN.md, Nothing lost).
 
-Ingestion calls :func:`load_audio` once per utterance. A file that is missing, cannot be decoded, is empty,
-holds NaN/inf samples, is shorter than one analysis window or is digitally silent raises
-:class:`AudioCheckError` with a machine-readable ``reason``; ingestion quarantines it with that reason and
-goes on with the rest of the corpus.
+Ingestion calls :func:`load_audio` once per utterance. A file that is missing, cannot be decoded, claims an
+implausible sample rate, is longer than ``max_seconds``, is empty, holds NaN/inf samples, is shorter than one
+analysis window or is digitally silent raises :class:`AudioCheckError` with a machine-readable ``reason``;
+ingestion quarantines it with that reason and goes on with the rest of the corpus.
+
+The header is read before any sample: a sample rate outside [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`]
+(a rate of 0 would divide by zero, 1 Hz would turn a 4 KB file into hours at 16 kHz) or a duration over
+``max_seconds`` is refused without decoding, and decoding stops at ``max_seconds`` whatever the header claimed.
+Samples are down-mixed block by block, so one file never holds more than ``max_seconds`` x its rate float32
+values (plus one block of a few MB and the 16 kHz result): 600 s at 48 kHz is 115 MB.
 
 Decoding uses libsndfile through ``soundfile`` (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1) and falls back to
-``librosa.load`` (audioread/ffmpeg) for anything else. Resampling uses soxr at its "HQ" quality, the same
-engine and setting as ``librosa.resample(res_type="soxr_hq")``, called directly to skip librosa's per-call
-overhead; the output length is ``ceil(n * sr / file_sr)``, as librosa's. Apart from down-mixing and
-resampling the samples are returned as decoded: no clipping, normalisation or DC removal, so features see the
-corpus's own levels.
+``librosa.load`` (audioread/ffmpeg) for anything else, with the same header checks (audioread's header).
+Resampling uses soxr at its "HQ" quality, the same engine and setting as ``librosa.resample(res_type="soxr_hq")``,
+called directly to skip librosa's per-call overhead; the output length is ``ceil(n * sr / file_sr)``, as
+librosa's. Apart from down-mixing and resampling the samples are returned as decoded: no clipping, normalisation or
+DC removal, so features see the corpus's own levels.
 
 :func:`speech_regions` finds where the speech is in a decoded signal (an energy detector); ingestion stores its
 result in the shards' ``speech`` column so training can centre crops and cut windows over speech only.
@@ -28,7 +34,17 @@ import soxr
 
 from data_io.schema import SAMPLE_RATE
 
-REASONS = ("missing", "decode_error", "empty", "non_finite", "too_short", "silent")
+REASONS = ("missing", "decode_error", "bad_sample_rate", "too_long", "empty", "non_finite", "too_short", "silent")
+
+# Plausible sample rates of recorded speech: telephone speech is 8 kHz and studio audio at most 384 kHz. A header
+# outside this range is damaged or hostile; checked before decoding.
+MIN_SAMPLE_RATE = 1_000
+MAX_SAMPLE_RATE = 384_000
+# Longest file ingested by default, in seconds (``emotune ingest --max-seconds``): utterances last seconds, and
+# the limit bounds the memory one file may take (see the module docstring).
+DEFAULT_MAX_SECONDS = 600.0
+# Values read per block while down-mixing (about 4 MB of float32 whatever the channel count).
+_BLOCK_VALUES = 1 << 20
 
 # A file whose peak |x| stays below -80 dBFS carries no usable signal: 16-bit PCM dither alone is ~-90 dBFS
 # and a quiet but real recording peaks well above -60 dBFS. Checked on the final mono signal, so a stereo file
@@ -70,74 +86,142 @@ class AudioCheckError(Exception):
         return f"{self.reason}: {self.detail}"
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Decode to a float32 ``(samples, channels)`` array and the file's sample rate."""
+def _check_header(path: Path, file_sr: float, seconds: float | None, max_seconds: float) -> None:
+    """Refuse an implausible sample rate or a too long file before any sample is decoded."""
+    if not MIN_SAMPLE_RATE <= file_sr <= MAX_SAMPLE_RATE:
+        raise AudioCheckError("bad_sample_rate", f"{path.name}: the header claims {file_sr:g} Hz; "
+                                                 f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz must hold")
+    if seconds is not None and seconds > max_seconds:
+        raise AudioCheckError("too_long", f"{path.name}: {seconds:.1f} s > the {max_seconds:g} s limit "
+                                          f"(--max-seconds)")
+
+
+def _read_mono(f: sf.SoundFile, path: Path, max_seconds: float) -> np.ndarray:
+    """Down-mix ``f`` block by block into float32 mono, stopping one sample past ``max_seconds``."""
+    limit = int(max_seconds * f.samplerate)
+    expected = min(max(f.frames, 0), limit + 1)  # libsndfile trims a truncated file's frame count already
+    channels = f.channels
+    out = np.empty(expected, dtype=np.float32)
+    n = 0
+    block = max(1, _BLOCK_VALUES // channels)
+    while n <= limit:
+        data = f.read(min(block, limit + 1 - n), dtype="float32", always_2d=True)
+        m = len(data)
+        if m == 0:
+            break
+        if n + m > len(out):  # more samples than the header said: grow, still bounded by the limit
+            out = np.resize(out, min(max(2 * len(out), n + m), limit + 1))
+        out[n:n + m] = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
+        n += m
+    if n > limit:
+        raise AudioCheckError("too_long", f"{path.name}: more than {max_seconds:g} s of audio at "
+                                          f"{f.samplerate} Hz (--max-seconds)")
+    return out[:n]
+
+
+def _decode(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int]:
+    """Check the header, then decode to float32 mono: ``(samples, file sample rate, channels)``."""
     try:
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
-        return data, int(file_sr)
-    except Exception as sf_err:  # libsndfile does not know the format, or the file is broken: try librosa
-        import librosa
-
+        f = sf.SoundFile(path)
+    except Exception as sf_err:  # libsndfile does not know the format, or the header is broken: try librosa
+        return _decode_fallback(path, max_seconds, sf_err)
+    with f:
+        _check_header(path, f.samplerate, f.frames / f.samplerate if f.samplerate > 0 else None, max_seconds)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # librosa warns about falling back to (deprecated) audioread
-                y, file_sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-        except Exception as lr_err:
-            raise AudioCheckError(
-                "decode_error",
-                f"{path.name}: soundfile: {type(sf_err).__name__}: {sf_err}; "
-                f"librosa.load: {type(lr_err).__name__}: {lr_err}",
-            ) from sf_err
-        y = np.asarray(y, dtype=np.float32)
-        return (y[:, None] if y.ndim == 1 else y.T), int(file_sr)
+            return _read_mono(f, path, max_seconds), int(f.samplerate), f.channels
+        except AudioCheckError:
+            raise
+        except Exception as err:  # a broken block after a good header
+            raise AudioCheckError("decode_error", f"{path.name}: soundfile: {type(err).__name__}: {err}") from err
 
 
-def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1) -> np.ndarray:
+def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception) -> tuple[np.ndarray, int, int]:
+    import audioread
+    import librosa
+
+    def fail(err: Exception) -> AudioCheckError:
+        return AudioCheckError("decode_error", f"{path.name}: soundfile: {type(sf_err).__name__}: {sf_err}; "
+                                               f"librosa.load: {type(err).__name__}: {err}")
+
+    try:
+        with audioread.audio_open(str(path)) as f:
+            file_sr = f.samplerate
+            _check_header(path, file_sr, None, max_seconds)  # before duration, which divides by the rate
+            _check_header(path, file_sr, f.duration, max_seconds)
+    except AudioCheckError:
+        raise
+    except Exception as err:
+        raise fail(err) from sf_err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # librosa warns about falling back to (deprecated) audioread
+            # duration bounds what is decoded even when the header's length was wrong.
+            y, file_sr = librosa.load(path, sr=None, mono=False, dtype=np.float32,
+                                      duration=max_seconds + 1.0 / file_sr)
+    except Exception as err:
+        raise fail(err) from sf_err
+    _check_header(path, file_sr, None, max_seconds)
+    y = np.asarray(y, dtype=np.float32)
+    channels = 1 if y.ndim == 1 else y.shape[0]
+    if y.ndim > 1:
+        y = y.mean(axis=0, dtype=np.float32)
+    if len(y) > max_seconds * file_sr:
+        raise AudioCheckError("too_long", f"{path.name}: more than {max_seconds:g} s of audio (--max-seconds)")
+    return y, int(file_sr), channels
+
+
+def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1,
+               max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
     """Decode an audio file to float32 mono at ``sr`` and check that it is usable.
 
     Checks run in this order, the first failure raising: file missing; decode failure (any exception, e.g. a
-    truncated or garbage file); zero samples; any NaN/inf sample; fewer than ``min_samples`` samples after
-    resampling; silent (peak ``|x|`` below :data:`SILENCE_PEAK`, -80 dBFS).
+    truncated or garbage file); a header sample rate outside [:data:`MIN_SAMPLE_RATE`, :data:`MAX_SAMPLE_RATE`]
+    (``bad_sample_rate``) or a header duration over ``max_seconds`` (``too_long``), both before decoding; more
+    than ``max_seconds`` decoded (``too_long``, decoding stops there); zero samples; any NaN/inf sample; fewer
+    than ``min_samples`` samples after resampling; silent (peak ``|x|`` below :data:`SILENCE_PEAK`, -80 dBFS).
 
     Args:
         path: Audio file (WAV/FLAC/OGG/MP3 through soundfile; other formats through ``librosa.load``).
         sr: Target sample rate in Hz; the file is resampled with soxr (HQ) when its rate differs.
         min_samples: Shortest acceptable length at ``sr``, usually one analysis window
             (``data_io.features.min_samples``).
+        max_seconds: Longest acceptable file; it bounds the memory one file takes.
 
     Returns:
         The signal, shape ``(n,)``, float32, channels averaged, otherwise as decoded.
 
     Raises:
         AudioCheckError: With ``reason`` one of :data:`REASONS` and a ``detail`` saying what was found.
-        ValueError: ``sr`` or ``min_samples`` is not positive.
+        ValueError: ``sr``, ``min_samples`` or ``max_seconds`` is not positive.
     """
     if sr <= 0:
         raise ValueError(f"sr must be > 0, got {sr}")
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+    if not max_seconds > 0 or not math.isfinite(max_seconds):
+        raise ValueError(f"max_seconds must be a finite number > 0, got {max_seconds}")
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise AudioCheckError("missing", f"{path} {what}")
 
-    data, file_sr = _decode(path)
-    n, channels = data.shape
+    y, file_sr, channels = _decode(path, max_seconds)
+    n = len(y)
     if n == 0:
         raise AudioCheckError("empty",
                               f"{path.name}: 0 samples decoded ({channels} channel(s) at {file_sr} Hz)")
 
-    # One pass finds NaN and inf: max() propagates NaN, and inf stays inf.
-    peak_in = float(np.max(np.abs(data)))
+    # One pass finds NaN and inf: max() propagates NaN, and inf stays inf. A non-finite sample in any channel
+    # makes the down-mixed sample non-finite (inf - inf is NaN), so checking the mix counts the same samples.
+    peak_in = float(np.max(np.abs(y)))
     if not math.isfinite(peak_in):
-        bad = ~np.isfinite(data).all(axis=1)
+        bad = ~np.isfinite(y)
         raise AudioCheckError(
             "non_finite",
             f"{path.name}: {int(bad.sum())} of {n} samples are NaN or inf "
             f"(first at sample {int(np.argmax(bad))})",
         )
 
-    y = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
     if file_sr != sr:
         # Fixed to ceil(n * sr / file_sr) as librosa.resample does, so lengths agree with librosa.load.
         target = math.ceil(n * sr / file_sr)

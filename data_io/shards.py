@@ -8,8 +8,14 @@ ranges in seconds from the start of the audio, flattened as ``[start0, end0, sta
 
 Parts are written atomically (temp file in the same folder, fsync, ``os.replace``), so a killed ingest never
 leaves a half-written ``part-*.parquet``; the reader opens only the files the manifest lists, so stray temp
-files are ignored. :attr:`Manifest.content_hash` (schema version, feature config, speech-detection parameters and
-every part's sha256) identifies the data; the sweep driver logs it as an MLflow tag.
+files are ignored, and a ``part-*.parquet`` it does not list is refused (the manifest lost rows).
+:attr:`Manifest.content_hash` covers every manifest field that changes what the rows mean (every part's name, rows,
+size and sha256 among them) and identifies the data; the sweep driver logs it as an MLflow tag. A manifest without
+it, or whose fields no longer hash to it, is refused.
+
+Verification (:func:`open_shards` with ``verify_checksums``) hashes every part once and records what it verified
+in ``_verified.json`` (or a per-user cache for a read-only folder), so a later sweep over unchanged parts pays a
+``stat`` per part. :meth:`ShardSet.read_all` refuses NaN or infinite features and labels, whoever wrote the shard.
 
 Reading is built for the sweep driver, which decodes a whole feature set once per node
 (:meth:`ShardSet.read_all`) and shares it through Ray's object store; see :data:`COMPRESSION` for the
@@ -23,6 +29,8 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +46,10 @@ import pyarrow.parquet as pq
 from data_io.schema import METADATA_COLUMNS, SCHEMA_VERSION
 
 MANIFEST_NAME = "_manifest.json"
+# What a manifest may list: a plain name in the folder, never a path (ingest writes part-{chunk:05d}.parquet).
+PART_NAME = re.compile(r"part-[0-9]{5,}\.parquet")
+_FILE_KEYS = ("name", "rows", "bytes", "sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 FEATURE_DTYPES = ("float32", "float16")
 FEATURE_COLUMN = "feature"
 SHAPE_COLUMNS = ("n_frames", "n_bins")
@@ -65,6 +77,10 @@ _NON_NULL = frozenset({"utt_id", "corpus", "speaker", "style", "speech", "durati
 # Flat [start, end, ...] time-range columns, checked by build_table; list columns get no Parquet statistics.
 _RANGE_COLUMNS = ("speech", "words")
 _LIST_COLUMNS = ("rater_hist", *_RANGE_COLUMNS, FEATURE_COLUMN)
+# Feature values checked for NaN/inf per block: a 1 MiB bool buffer, the block still in cache when it is reduced.
+_FINITE_BLOCK = 1 << 20
+_NON_FINITE_FIX = ("Re-run `emotune ingest` into a fresh --out folder: it quarantines utterances whose features or "
+                   "labels are not finite (a shard written by another tool must hold finite values only).")
 
 
 class ShardError(ValueError):
@@ -326,12 +342,24 @@ class Manifest:
 
     @property
     def content_hash(self) -> str:
-        """sha256 over schema version, feature config, speech detection and each file's (name, sha256)."""
+        """sha256 over every field that changes what the rows mean (all but ``created``).
+
+        Schema version, corpus, feature set and config, librosa version (it changes the numbers), label scale,
+        feature dtype, speech detection, each file's ``(name, rows, bytes, sha256)`` in row order, and the total
+        rows: editing any of them by hand makes :func:`read_manifest` refuse the file.
+        """
         payload = {
             "schema_version": self.schema_version,
+            "corpus": self.corpus,
+            "feature_set": self.feature_set,
             "feature_config": self.feature_config,
+            "librosa_version": self.librosa_version,
+            "label_scale": self.label_scale,
+            "feature_dtype": self.feature_dtype,
             "speech_detection": self.speech_detection,
-            "files": sorted([f["name"], f["sha256"]] for f in self.files),
+            # In order: the order of the parts is the order of the rows.
+            "files": [[f["name"], f["rows"], f["bytes"], f["sha256"]] for f in self.files],
+            "total_rows": self.total_rows,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -349,12 +377,23 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
 
     Returns:
         The manifest's path.
+
+    Raises:
+        ShardError: The manifest would be refused by :func:`read_manifest` (a part name that is not a plain
+            ``part-NNNNN.parquet``, a file entry without ``rows``/``bytes``/``sha256``, rows that do not add up).
     """
     path = Path(folder) / MANIFEST_NAME
+    _check_files(path, manifest.files, manifest.total_rows)  # never write what the reader refuses
+    _write_json_atomic(path, manifest.to_dict(), indent=1)
+    return path
+
+
+def _write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON (sorted keys) through a temp file, fsync and rename: readers see old or new, whole."""
     tmp = _temp_path(path)
     try:
         with open(tmp, "w") as f:
-            json.dump(manifest.to_dict(), f, sort_keys=True, indent=1)
+            json.dump(obj, f, sort_keys=True, indent=indent)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -363,7 +402,44 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def _check_files(where: Path, files: Any, total_rows: Any) -> None:
+    """Raise ShardError unless ``files`` lists plain, distinct part names with their rows, bytes and sha256.
+
+    Names are checked against :data:`PART_NAME` so that no entry can point outside the folder (``../x``, an
+    absolute path) or at a file the reader was never meant to open.
+    """
+    fix = "Re-run `emotune ingest` into a fresh --out folder."
+    if not isinstance(files, list):
+        raise ShardError(f"{where}: 'files' must be a list of part entries, got {type(files).__name__}. {fix}")
+    seen: set[str] = set()
+    for i, entry in enumerate(files):
+        if not isinstance(entry, dict) or any(k not in entry for k in _FILE_KEYS):
+            raise ShardError(f"{where}: files[{i}] must be an object with the keys {list(_FILE_KEYS)}, got "
+                             f"{entry!r}. {fix}")
+        name = entry["name"]
+        if not isinstance(name, str) or not PART_NAME.fullmatch(name):
+            raise ShardError(f"{where}: files[{i}] has name {name!r}, but a part must be a plain file name "
+                             f"inside the shard folder matching part-NNNNN.parquet (no folders, '..' or "
+                             f"absolute paths). {fix}")
+        if name in seen:
+            raise ShardError(f"{where}: files[{i}] lists {name} a second time, which would read its rows twice. "
+                             f"{fix}")
+        seen.add(name)
+        for key in ("rows", "bytes"):
+            value = entry[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ShardError(f"{where}: files[{i}] ({name}) must have an integer {key} >= 0, got {value!r}. "
+                                 f"{fix}")
+        digest = entry["sha256"]
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ShardError(f"{where}: files[{i}] ({name}) must have a sha256 of 64 lowercase hex digits, got "
+                             f"{digest!r}. {fix}")
+    total = sum(entry["rows"] for entry in files)
+    if total != total_rows:
+        raise ShardError(f"{where} lists total_rows {total_rows} but its files hold {total} rows; re-run "
+                         f"`emotune ingest` to rewrite it.")
 
 
 def _check_schema_version(where: Path, version: Any) -> None:
@@ -383,8 +459,9 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
 
     Raises:
         ShardError: The file is missing, not JSON, from another schema version (checked first: older versions
-            lack fields this one has), lacks a field, or its stored content hash disagrees with its contents
-            (it was edited by hand).
+            lack fields this one has), lacks a field or its ``content_hash``, lists a part that is not a plain
+            ``part-NNNNN.parquet`` name (or twice), its rows do not add up to ``total_rows``, or its stored
+            content hash disagrees with its contents (it was edited by hand).
     """
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
@@ -404,9 +481,15 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     if missing:
         raise ShardError(f"{path} lacks the fields {missing}; re-run `emotune ingest` into a fresh --out "
                          f"folder")
-    manifest = Manifest(**{n: raw[n] for n in names})
     stored = raw.get("content_hash")
-    if stored is not None and stored != manifest.content_hash:
+    if stored is None:
+        # Without its hash nothing shows that a field was edited or a part dropped (rows lost) after ingestion.
+        raise ShardError(f"{path} has no content_hash, so edits to it (a dropped part, a changed label scale) "
+                         f"cannot be detected. Re-run `emotune ingest` with the same --out to rewrite it (finished "
+                         f"parts are kept).")
+    _check_files(path, raw["files"], raw["total_rows"])
+    manifest = Manifest(**{n: raw[n] for n in names})
+    if stored != manifest.content_hash:
         raise ShardError(f"{path} stores content_hash {stored} but its fields hash to "
                          f"{manifest.content_hash}, so it was edited. Re-run `emotune ingest` to rewrite it.")
     return manifest
@@ -521,6 +604,7 @@ class ShardSet:
 
         Raises:
             KeyError: An id that is not in this shard set (named in the message).
+            ShardError: A requested row's feature holds NaN or inf.
         """
         index = self._row_index()
         where = []
@@ -544,6 +628,9 @@ class ShardSet:
                 vals = row.column(FEATURE_COLUMN).chunk(0).flatten().to_numpy(zero_copy_only=False)
                 shape = (row.column("n_frames")[0].as_py(), row.column("n_bins")[0].as_py())
                 out[pos] = vals.astype(np.float32, copy=True).reshape(shape)
+                if not np.isfinite(out[pos]).all():
+                    raise ShardError(f"{self._paths[k]}: utterance {utt_ids[pos]!r} has NaN or infinite feature "
+                                     f"values. {_NON_FINITE_FIX}")
         return out
 
     def stack(self, utt_ids: Sequence[str]) -> np.ndarray:
@@ -580,7 +667,9 @@ class ShardSet:
             ``values[offsets[i]:offsets[i + 1]].reshape(shapes[i])``.
 
         Raises:
-            ShardError: A part's feature lengths disagree with its ``n_frames * n_bins``.
+            ShardError: A part's feature lengths disagree with its ``n_frames * n_bins``, or a feature value or
+                a float metadata column (labels, ``rater_hist``, time ranges, ``duration_s``) holds NaN or inf:
+                the message names the part files and the first utterance ids.
         """
         meta_cols = self.metadata_columns
         files = [pq.ParquetFile(p) for p in self._paths]
@@ -609,10 +698,91 @@ class ShardSet:
                 raise ShardError(f"{self._paths[k]}: the feature column holds {pos - start} values but "
                                  f"n_frames * n_bins promise {end - start}, so the file is damaged. Re-run "
                                  f"`emotune ingest` into a fresh --out folder.")
+        # One more pass over the values (about a tenth of the decoding time): nothing non-finite enters the store.
+        bad = _non_finite_metadata(meta)
+        rows = _non_finite_values(values, offsets)
+        if len(rows):
+            bad = {FEATURE_COLUMN: rows, **bad}
+        if bad:
+            self._refuse_non_finite(meta.column("utt_id"), bad)
         return meta, values, offsets, shapes
 
+    def check_finite_metadata(self) -> None:
+        """Refuse NaN or infinite labels (and other float metadata) before any feature is decoded.
 
-def _check_part(path: Path, listed: dict, expected: pa.Schema, verify_checksum: bool) -> None:
+        :meth:`read_all` checks the same and the features; this is the cheap early check (metadata only), for a
+        driver that wants to refuse the data before it starts anything.
+
+        Raises:
+            ShardError: A float metadata column holds NaN or inf; the message names the part files and ids.
+        """
+        columns = ["utt_id", *(f.name for f in self.schema if f.name != FEATURE_COLUMN and _is_float(f.type))]
+        meta = self.metadata(columns)
+        bad = _non_finite_metadata(meta)
+        if bad:
+            self._refuse_non_finite(meta.column("utt_id"), bad)
+
+    def _refuse_non_finite(self, utt_ids: pa.ChunkedArray, bad: dict[str, np.ndarray], shown: int = 5) -> None:
+        """Raise ShardError naming, per column, the part files and the first ``shown`` utterances of ``bad``."""
+        first_row = np.cumsum([0] + [int(f["rows"]) for f in self.manifest.files])
+        found = []
+        for column, rows in bad.items():
+            parts = sorted({self._paths[int(np.searchsorted(first_row, r, side="right")) - 1].name for r in rows})
+            ids = ", ".join(repr(utt_ids[int(r)].as_py()) for r in rows[:shown])
+            more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+            found.append(f"{column!r} of {len(rows)} utterance(s) in {', '.join(parts)} ({ids}{more})")
+        raise ShardError(f"{self.folder} holds NaN or infinite values, which are never trained on: "
+                         f"{'; '.join(found)}. {_NON_FINITE_FIX}")
+
+
+def _is_float(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or (pa.types.is_list(t) and pa.types.is_floating(t.value_type))
+
+
+def _non_finite_metadata(meta: pa.Table) -> dict[str, np.ndarray]:
+    """``{column: sorted rows}`` of every float or list-of-float column holding NaN or inf (nulls are fine)."""
+    bad = {}
+    for name in meta.column_names:
+        col = meta.column(name)
+        if not _is_float(col.type):
+            continue
+        arr = col.combine_chunks()
+        parents = None
+        if pa.types.is_list(arr.type):
+            parents = pc.list_parent_indices(arr)
+            arr = pc.list_flatten(arr)
+        flags = pc.fill_null(pc.invert(pc.is_finite(arr)), False)
+        if pc.any(flags).as_py():
+            rows = np.flatnonzero(flags.to_numpy(zero_copy_only=False))
+            bad[name] = np.unique(parents.to_numpy()[rows] if parents is not None else rows)
+    return bad
+
+
+def _non_finite_values(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sorted rows (``offsets`` of length N + 1) whose feature values hold NaN or inf, in one blocked pass."""
+    flags = np.empty(min(len(values), _FINITE_BLOCK), dtype=bool)
+    rows = []
+    for start in range(0, len(values), _FINITE_BLOCK):
+        block = values[start:start + _FINITE_BLOCK]
+        ok = np.isfinite(block, out=flags[:len(block)])
+        if not ok.all():
+            where = start + np.flatnonzero(~ok)
+            rows.append(np.searchsorted(offsets, where, side="right") - 1)
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+
+# ---- verification ------------------------------------------------------------------------------------------
+# Checksums already verified, so that a second sweep over unchanged shards hashes nothing (see open_shards).
+CACHE_NAME = "_verified.json"
+_CACHE_VERSION = 1
+# A part changed again within one tick of the file-system clock (a jiffy on Linux, 2 s on FAT and some network
+# file systems) keeps its timestamps, so a part this young when hashed is not recorded but hashed again next time
+# (git's "racily clean" index entries).
+_RACY_NS = 2 * 10**9
+
+
+def _check_part(path: Path, listed: dict, expected: pa.Schema) -> None:
+    """Footer-level checks of one listed part: present, a Parquet file, the schema, the row count, the size."""
     fix = "Re-run `emotune ingest` into a fresh --out folder."
     if not path.is_file():
         raise ShardError(f"{path} is listed in {path.parent / MANIFEST_NAME} but missing; re-run `emotune "
@@ -638,45 +808,152 @@ def _check_part(path: Path, listed: dict, expected: pa.Schema, verify_checksum: 
     if pf.metadata.num_rows != listed["rows"]:
         raise ShardError(f"{path} holds {pf.metadata.num_rows} rows but the manifest lists {listed['rows']}, "
                          f"so the file was replaced. {fix}")
-    if verify_checksum:
+    size = path.stat().st_size
+    if size != listed["bytes"]:
+        # A stat, after the more telling schema and row checks: a changed file without reading its bytes.
+        raise ShardError(f"{path} is {size} bytes but the manifest lists {listed['bytes']}, so the file changed "
+                         f"after ingestion. {fix}")
+
+
+def _file_state(path: Path) -> dict:
+    """What must be unchanged for a recorded checksum to still hold.
+
+    Size and mtime as usual; the inode and ctime as well, because a copy (``cp -a``, ``rsync -a``) keeps size and
+    mtime but may have been damaged in transit, and ctime cannot be set back by ``touch -r`` after an edit.
+    """
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def _user_cache_path(folder: Path) -> Path | None:
+    """``$XDG_CACHE_HOME/emotune/verified/<key>.json`` (else ``~/.cache/...``), keyed by the folder's real path."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    try:
+        root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"  # relative: ignored (XDG)
+    except RuntimeError:  # no home directory to be found
+        return None
+    key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:32]
+    return root / "emotune" / "verified" / f"{key}.json"
+
+
+def _read_cache(path: Path | None, folder: str | None = None) -> dict[str, dict]:
+    """The recorded parts of one cache file; anything unreadable or foreign is simply no cache.
+
+    Args:
+        path: The cache file (None: none).
+        folder: For a per-user cache, the resolved shard folder it must record (a key collision would otherwise
+            lend another folder's entries); None for the cache inside the folder, which moves with it.
+    """
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if (not isinstance(raw, dict) or raw.get("version") != _CACHE_VERSION or not isinstance(raw.get("parts"), dict)
+            or (folder is not None and raw.get("folder") != folder)):
+        return {}
+    return {name: entry for name, entry in raw["parts"].items() if isinstance(entry, dict)}
+
+
+def _save_cache(folder: Path, resolved: str, parts: dict[str, dict]) -> Path | None:
+    """Record ``parts`` in the folder's cache, else in the per-user one; None when neither can be written.
+
+    A read-only shard folder (a shared, published data set) still gets its checksums cached, per user; a cache
+    that cannot be written anywhere only means verifying again next time, never an error.
+    """
+    data = {"version": _CACHE_VERSION, "folder": resolved, "parts": parts}
+    for path in (folder / CACHE_NAME, _user_cache_path(folder)):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(path, data)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _verify_checksums(folder: Path, manifest: Manifest, use_cache: bool) -> None:
+    """Compare every part's sha256 with the manifest; with ``use_cache``, trust parts recorded as verified.
+
+    A recorded entry is trusted only when the part's size, mtime, ctime and inode are those recorded and the
+    recorded sha256 is the one this manifest lists (a re-ingest that rewrote the part under the same name and
+    stats still lists another sha256). Parts written less than :data:`_RACY_NS` before they were hashed are not
+    recorded.
+    """
+    resolved = str(folder.resolve())
+    known = [_read_cache(folder / CACHE_NAME), _read_cache(_user_cache_path(folder), resolved)] if use_cache else []
+    verified: dict[str, dict] = {}
+    recorded = False
+    for listed in manifest.files:
+        name, path = listed["name"], folder / listed["name"]
+        before = _file_state(path)
+        now = time.time_ns()
+        record = {**before, "sha256": listed["sha256"]}
+        if any(cache.get(name) == record for cache in known):
+            verified[name] = record
+            continue
         digest = _sha256(path)
         if digest != listed["sha256"]:
-            raise ShardError(f"{path}: sha256 is {digest} but the manifest lists {listed['sha256']}, so the "
-                             f"file changed after ingestion. {fix}")
+            raise ShardError(f"{path}: sha256 is {digest} but the manifest lists {listed['sha256']}, so the file "
+                             f"changed after ingestion. Re-run `emotune ingest` into a fresh --out folder.")
+        # Unchanged while it was read (the digest belongs to these stats) and old enough to be told apart from a
+        # later change.
+        if _file_state(path) == before and now - max(before["mtime_ns"], before["ctime_ns"]) > _RACY_NS:
+            verified[name] = record
+            recorded = True
+    if recorded:  # a full verification (no cache trusted) refreshes the record too
+        _save_cache(folder, resolved, verified)
 
 
-def open_shards(folder: str | os.PathLike, verify_checksums: bool = False) -> ShardSet:
+def open_shards(folder: str | os.PathLike, verify_checksums: bool = False, *, checksum_cache: bool = True
+                ) -> ShardSet:
     """Open and validate a shard folder ``<out>/<corpus>/<feature_set>``.
 
-    Checks the manifest, its schema version and every listed part's presence, Parquet schema and row count
-    (footers only); with ``verify_checksums`` also every part's sha256 (reads every byte).
+    Always checks the manifest (schema version, content hash, plain part names), that no unlisted part lies in
+    the folder, and every listed part's presence, size, Parquet schema and row count (stats and footers only).
+    With ``verify_checksums`` it also compares every part's sha256 with the manifest; a part verified before and
+    unchanged since (same size, mtime, ctime and inode, and the same sha256 listed) is not read again; one written
+    less than 2 s before it was hashed is hashed again next time. The record is ``<folder>/_verified.json``, or a
+    per-user cache (``$XDG_CACHE_HOME/emotune`` or ``~/.cache/emotune``) when the folder is read-only; when neither
+    can be written every call hashes again.
 
     Args:
         folder: The feature-set folder holding ``_manifest.json``.
-        verify_checksums: Hash every part and compare with the manifest.
+        verify_checksums: Compare every part's sha256 with the manifest (what a sweep does before training).
+        checksum_cache: Trust the record of verified parts. False hashes every byte (and records the result),
+            which also finds damage that left a file's size and times alone (a failing disk).
 
     Returns:
         A :class:`ShardSet`.
 
     Raises:
-        ShardError: A missing folder or manifest, another schema version, a missing, damaged or altered part.
+        ShardError: A missing folder or manifest, another schema version, an edited manifest or one without its
+            hash, a part name outside the folder, an unlisted part, a missing, damaged or altered part.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ShardError(f"shard folder {folder} does not exist; run `emotune ingest --corpus CORPUS --root "
                          f"ROOT --out OUT --features SET` first and pass OUT/CORPUS/SET")
-    manifest = read_manifest(folder)  # also refuses another schema version
+    manifest = read_manifest(folder)  # also refuses another schema version and bad part names
     where = folder / MANIFEST_NAME
     if manifest.feature_dtype not in FEATURE_DTYPES:
         raise ShardError(f"{where} has feature_dtype {manifest.feature_dtype!r}, expected one of "
                          f"{FEATURE_DTYPES}. Re-run `emotune ingest` into a fresh --out folder.")
-    total = sum(int(f["rows"]) for f in manifest.files)
-    if total != manifest.total_rows:
-        raise ShardError(f"{where} lists total_rows {manifest.total_rows} but its files hold {total} rows; "
-                         f"re-run `emotune ingest` to rewrite it.")
+    listed = {f["name"] for f in manifest.files}
+    # A part the manifest does not list is a manifest that lost rows (or a leftover of another ingest).
+    unlisted = sorted(p.name for p in folder.iterdir() if PART_NAME.fullmatch(p.name) and p.name not in listed)
+    if unlisted:
+        raise ShardError(f"{folder} holds {unlisted}, which {where} does not list, so the manifest lost parts "
+                         f"(their rows) or the files are left from another ingest. Re-run `emotune ingest` with "
+                         f"--overwrite or into a fresh --out folder.")
     expected = shard_schema(manifest.feature_dtype)
-    for listed in manifest.files:
-        _check_part(folder / listed["name"], listed, expected, verify_checksums)
+    for entry in manifest.files:
+        _check_part(folder / entry["name"], entry, expected)
+    if verify_checksums:
+        _verify_checksums(folder, manifest, use_cache=checksum_cache)
     return ShardSet(folder, manifest)
 
 

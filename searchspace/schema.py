@@ -33,6 +33,7 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -234,7 +235,10 @@ class SearchConfig(_Section):
                 problems.append((("ranges", name), f"must be [low, high], got {pair}; give two numbers"))
                 continue
             low, high = pair
-            if not low < high:
+            if not all(math.isfinite(v) for v in pair):
+                problems.append((("ranges", name), f"bounds must be finite numbers, got [{low}, {high}]; give two "
+                                                   f"finite numbers"))
+            elif not low < high:
                 problems.append((("ranges", name), f"low < high must hold, got [{low}, {high}]; swap or widen it"))
             elif name == "lr" and not low > 0:
                 problems.append((("ranges", name), f"lr range must satisfy 0 < low < high, got ({low}, {high}); "
@@ -341,6 +345,8 @@ class SweepConfig(_Section):
             except ValueError as err:
                 hint = "" if ";" in str(err) else "; fix search.ranges, search.grids or model.fixed"
                 problems.append((("search",), f"{err}{hint}"))
+            except TypeError as err:  # a value of the wrong type (hidden: -5 where a list of sizes is expected)
+                problems.append((("model", "fixed"), f"a value has the wrong type ({err}); fixed: {fixed}"))
         _raise(problems)
         return self
 

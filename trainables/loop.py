@@ -40,6 +40,11 @@ LOOP_DEFAULTS = {"seed": 0, "max_epochs": 50, "patience": 5, "batch_size": 256, 
 Report = Callable[[dict, dict | None], None]
 
 
+class TrialDiverged(RuntimeError):
+    """A trial's training loss, validation metric or outputs became non-finite or constant: nothing it produced may
+    be selected or registered. The message names the epoch, the fold and the quantity."""
+
+
 def split_config(config: Mapping, family: Family) -> tuple[dict, dict]:
     """Split a flat trial config into (model config kwargs, loop settings).
 
@@ -135,6 +140,7 @@ def evaluate(model: SERModel, evalset: EvalSet, spec: DataSpec, device: torch.de
     """Score a model on an evaluation set: overall, per corpus (``<metric>.<corpus>``) and their mean
     (``<metric>.corpus_mean``) when the set spans several corpora, plus the family's ``extra_metrics``."""
     outputs = predict_set(model, evalset, spec, device)
+    _check_outputs(outputs, spec, prefix)
     meta = evalset.meta
 
     def metrics(out: Mapping, labels: Mapping, part: pa.Table) -> dict[str, float]:
@@ -155,6 +161,18 @@ def evaluate(model: SERModel, evalset: EvalSet, spec: DataSpec, device: torch.de
             if len(values) == len(per_corpus):
                 result[f"{key}.corpus_mean"] = float(np.mean(values))
     return result
+
+
+def _check_outputs(outputs: Mapping[str, np.ndarray], spec: DataSpec, prefix: str) -> None:
+    """Refuse non-finite outputs, and outputs that are the same for every utterance (a dead or diverged model:
+    its correlation metrics would read 0.0 and look like a poor but valid model)."""
+    for target, values in outputs.items():
+        if not np.all(np.isfinite(values)):
+            raise TrialDiverged(f"{prefix} outputs for {target!r} hold {int(np.sum(~np.isfinite(values)))} "
+                                f"non-finite values: the model diverged (lower the learning rate or check the data)")
+        if target in spec.kinds and len(values) > 1 and float(np.ptp(values, axis=0).max()) == 0.0:
+            raise TrialDiverged(f"{prefix} outputs for {target!r} are the same for all {len(values)} utterances: "
+                                f"the model is dead or diverged (lower the learning rate)")
 
 
 class FoldRun:
@@ -192,7 +210,10 @@ class FoldRun:
             if batch is None:
                 break
             losses.append(self.model.training_step(batch, self.optimizers)["loss"])
-        return float(np.mean(losses)) if losses else math.nan
+        if not losses:
+            raise ValueError(f"fold {self.name!r} has no training batch of at least 2 examples; it needs more "
+                             f"training rows (or a larger train.batch_size than 1)")
+        return float(np.mean(losses))
 
     def state(self) -> dict:
         """A snapshot (deep copy): ``state_dict`` tensors are live and the next step would change them."""
@@ -264,12 +285,21 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
         for fold in folds:
             fold.data_seconds = 0.0
             train_losses.append(fold.train_epoch(epoch, int(loop["batch_size"])))
+            if not math.isfinite(train_losses[-1]):
+                raise TrialDiverged(f"training loss is {train_losses[-1]} at epoch {epoch + 1} in fold {fold.name!r}: "
+                                    f"the model diverged (lower the learning rate or check the data)")
         train_seconds = time.perf_counter() - started
         for fold in folds:
-            fold_metrics.append(evaluate(fold.model, fold.val, fold.spec, device, "val"))
+            try:
+                fold_metrics.append(evaluate(fold.model, fold.val, fold.spec, device, "val"))
+            except TrialDiverged as err:
+                raise TrialDiverged(f"epoch {epoch + 1}, fold {fold.name!r}: {err}") from None
         metrics = mean_over_folds(fold_metrics)
         if metric not in metrics:
             raise ValueError(f"search.metric {metric!r} is not produced by this model; it reports {sorted(metrics)}")
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise TrialDiverged(f"epoch {epoch + 1}: validation metrics {bad} are not finite")
         # Share of the training time spent waiting for batches (building them on the CPU, or the prefetch falling
         # behind on a GPU): the data path's cost, next to the step's.
         data_share = sum(f.data_seconds for f in folds) / max(train_seconds, 1e-9)

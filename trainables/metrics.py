@@ -1,9 +1,10 @@
 """Evaluation metrics shared by every family (NumPy/SciPy), plus the CCC training loss (torch).
 
 Conventions: ``pred`` and ``target`` are 1-D arrays of equal length; class metrics take integer labels.
-Degenerate inputs are defined, never NaN: a correlation whose denominator is 0 (a constant series) is 0,
-because a constant prediction carries no information about the target's variation. Empty inputs raise
-``ValueError``.
+Degenerate inputs are defined: a correlation whose denominator is 0 (a constant series) is 0, because a constant
+prediction carries no information about the target's variation. Non-finite inputs never become a number: a NaN or
+infinite prediction gives NaN (the loop then fails the trial), a NaN or infinite target raises ``ValueError`` (a
+data error). Empty inputs raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,22 @@ def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"pred and target must have the same length, got {p.shape[0]} and {t.shape[0]}")
     if p.size == 0:
         raise ValueError("pred and target are empty; a metric needs at least one row")
+    if not np.all(np.isfinite(t)):
+        raise ValueError(f"target holds {int(np.sum(~np.isfinite(t)))} non-finite values; labels must be finite "
+                         f"(re-ingest the shards: ingest quarantines non-finite labels)")
     return p, t
+
+
+def _finite(p: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(p)))
 
 
 def _labels(pred, target) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred).reshape(-1)
     t = np.asarray(target).reshape(-1)
+    for name, arr in (("pred", p), ("target", t)):
+        if arr.dtype.kind == "f" and not _finite(arr):
+            raise ValueError(f"{name} class labels hold non-finite values; class labels are integers")
     if p.shape != t.shape:
         raise ValueError(f"pred and target must have the same length, got {p.shape[0]} and {t.shape[0]}")
     if p.size == 0:
@@ -49,6 +60,8 @@ def ccc(pred, target) -> float:
         CCC in [-1, 1].
     """
     p, t = _pair(pred, target)
+    if not _finite(p):
+        return float("nan")
     mp, mt = p.mean(), t.mean()
     cov = np.mean((p - mp) * (t - mt))
     denom = p.var() + t.var() + (mp - mt) ** 2
@@ -62,6 +75,8 @@ def pearson_r(pred, target) -> float:
         r in [-1, 1].
     """
     p, t = _pair(pred, target)
+    if not _finite(p):
+        return float("nan")
     dp, dt = p - p.mean(), t - t.mean()
     denom = np.sqrt(np.sum(dp * dp) * np.sum(dt * dt))
     return float(np.clip(np.sum(dp * dt) / denom, -1.0, 1.0)) if denom > 0 else 0.0
@@ -132,6 +147,8 @@ def eer(scores, labels) -> float:
         ValueError: Labels other than 0/1, or no trial of one kind.
     """
     s, y = _pair(scores, labels)
+    if not _finite(s):
+        return float("nan")
     if not np.all((y == 0) | (y == 1)):
         raise ValueError(f"labels must be 0 or 1, got values {np.unique(y)[:5]}")
     n_pos, n_neg = int(y.sum()), int((1 - y).sum())

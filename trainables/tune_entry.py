@@ -15,9 +15,12 @@ from pathlib import Path
 import torch
 
 from trainables.data import SearchData
-from trainables.loop import run_trial
+from trainables.loop import TrialDiverged, run_trial
 
 STATE_FILE = "state.pt"
+# Written into the trial's folder when it diverges: Tune retries failed trials (FailureConfig), and a retry from the
+# last checkpoint with the same seed would diverge again; with the marker it fails at once with the same message.
+DIVERGED_FILE = "emotune_diverged.txt"
 # Test hook for the fault-tolerance tests: "<marker dir>:<epoch>" makes each trial raise once at that epoch.
 FAULT_ENV = "EMOTUNE_FAIL_ONCE_AT_EPOCH"
 
@@ -49,6 +52,9 @@ def tune_trainable(config: dict, data: SearchData) -> None:
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     trial_id = tune.get_context().get_trial_id()
+    marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_FILE
+    if marker.exists():
+        raise TrialDiverged(marker.read_text())
 
     resume_state = None
     checkpoint = tune.get_checkpoint()
@@ -65,4 +71,8 @@ def tune_trainable(config: dict, data: SearchData) -> None:
             torch.save(state, Path(d) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    run_trial(config, data, report, resume_state=resume_state, device=device)
+    try:
+        run_trial(config, data, report, resume_state=resume_state, device=device)
+    except TrialDiverged as err:
+        marker.write_text(str(err))
+        raise

@@ -271,15 +271,59 @@ def test_csv_missing_required_column_names_it(tmp_path):
 
 def test_csv_unknown_emotion_names_the_row_and_the_valid_names(tmp_path):
     root = _manifest(tmp_path / "c", ["path", "speaker", "emotion"], [["x.wav", "s", "happy"], ["y.wav", "s", "joy"]])
-    with pytest.raises(ValueError, match=r"manifest\.csv:3.*'joy'.*neutral") as err:
-        get_adapter("csv", root).records()
-    assert "contempt" in str(err.value)
+    adapter = get_adapter("csv", root)
+    records = adapter.records()
+    assert [r.utt_id for r in records] == ["x", "y"]  # the bad row is yielded, bare, for ingestion to quarantine
+    assert set(adapter.problems) == {"y"}
+    reason, detail = adapter.problems["y"]
+    assert reason == "bad_row"
+    assert re.search(r"manifest\.csv:3.*'joy'.*neutral", detail) and "contempt" in detail
+    assert records[1].emotion is None and records[1].speaker == "s"
 
 
-def test_csv_attribute_outside_the_scale_is_an_error(tmp_path):
+def test_csv_attribute_outside_the_scale_is_a_row_problem(tmp_path):
     root = _manifest(tmp_path / "c", ["path", "speaker", "valence"], [["x.wav", "s", "6"]])
-    with pytest.raises(ValueError, match="label_scale"):
-        get_adapter("csv", root).records()
+    adapter = get_adapter("csv", root)
+    adapter.records()
+    assert adapter.problems["x"][0] == "bad_row" and "label_scale" in adapter.problems["x"][1]
+
+
+@pytest.mark.parametrize(("cells", "reason", "utt_id"), [
+    (["a.wav", "s", "nan"], "non_finite_label", "a"),
+    (["a.wav", "s", "-inf"], "non_finite_label", "a"),
+    (["a.wav", "s", "loud"], "bad_row", "a"),
+    (["a.wav", "", "3"], "bad_row", "a"),
+    (["", "s", "3"], "bad_row", "manifest-line3"),
+    (["a.wav"], "bad_row", "a"),  # a short row: the missing cells are empty, so no speaker
+])
+def test_csv_bad_rows_are_problems_and_the_good_row_stays(tmp_path, cells, reason, utt_id):
+    root = _manifest(tmp_path / "c", ["path", "speaker", "arousal"], [["good.wav", "s", "3"], cells])
+    adapter = get_adapter("csv", root)
+    records = adapter.records()
+    assert {r.utt_id for r in records} == {"good", utt_id}
+    assert set(adapter.problems) == {utt_id} and adapter.problems[utt_id][0] == reason
+    assert next(r for r in records if r.utt_id == "good").arousal == 3.0
+    assert get_adapter("csv", root).records() == records  # problems are re-found on every call
+    # An empty cell or NA is no label, not a problem.
+    root = _manifest(tmp_path / "d", ["path", "speaker", "arousal"], [["e.wav", "s", ""], ["f.wav", "s", "NA"]])
+    adapter = get_adapter("csv", root)
+    assert [r.arousal for r in adapter.records()] == [None, None] and not adapter.problems
+
+
+def test_csv_name_option_names_the_corpus(tmp_path):
+    root = _manifest(tmp_path / "c", ["path", "speaker"], [["x.wav", "s"]])
+    adapter = get_adapter("csv", root, name="calls_b")
+    assert adapter.name == "calls_b" and adapter.records()[0].corpus == "calls_b"
+    for bad in ("../x", "/abs", "a/b", "..", ".hidden", "", "x..y"):
+        with pytest.raises(ValueError, match="plain name"):
+            get_adapter("csv", root, name=bad)
+
+
+def test_csv_unreadable_file_is_a_value_error(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "manifest.csv").write_bytes(b"path,speaker\n\xff\xfe,\x00s\n")
+    with pytest.raises(ValueError, match="manifest.csv"):
+        get_adapter("csv", tmp_path / "c").records()
 
 
 def test_csv_duplicate_utt_id_is_an_error(tmp_path):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import inspect
 import math
 import pickle
+import struct
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data_io.audio import REASONS, SILENCE_PEAK, SPEECH_DETECTION, AudioCheckError, load_audio, speech_regions
+from data_io.audio import (
+    MAX_SAMPLE_RATE,
+    REASONS,
+    SILENCE_PEAK,
+    SPEECH_DETECTION,
+    AudioCheckError,
+    load_audio,
+    speech_regions,
+)
 from data_io.schema import SAMPLE_RATE
 
 
@@ -145,11 +154,59 @@ def test_native_rate_is_returned_unchanged(tmp_path):
     np.testing.assert_array_equal(load_audio(path), y)
 
 
+def _patched_wav(path, sample_rate: int | None = None, data_bytes: int | None = None, keep: int | None = None):
+    """A 1 s 16 kHz PCM_16 WAV whose header fields (canonical 44-byte layout) are overwritten."""
+    sf.write(path, _tone(1.0, SAMPLE_RATE), SAMPLE_RATE, subtype="PCM_16")
+    b = bytearray(path.read_bytes())
+    if sample_rate is not None:
+        b[24:28] = struct.pack("<I", sample_rate)
+    if data_bytes is not None:
+        b[40:44] = struct.pack("<I", data_bytes)
+    path.write_bytes(bytes(b[:keep] if keep is not None else b))
+    return path
+
+
+@pytest.mark.parametrize("rate", [0, 1, 999, MAX_SAMPLE_RATE + 1, 4_000_000_000])
+def test_implausible_sample_rate_is_refused_before_decoding(tmp_path, rate):
+    err = _reason(_patched_wav(tmp_path / "rate.wav", sample_rate=rate, keep=4096))
+    assert err.reason == "bad_sample_rate", err
+    assert f"{rate:g} Hz" in err.detail
+
+
+def test_longer_than_max_seconds_is_too_long(tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, _tone(3.0, 8000), 8000)
+    err = _reason(path, max_seconds=2.5)
+    assert err.reason == "too_long" and "3.0 s > the 2.5 s limit" in err.detail
+    assert load_audio(path, max_seconds=3.0).shape == (48_000,)
+    with pytest.raises(ValueError, match="max_seconds"):
+        load_audio(path, max_seconds=0)
+
+
+def test_truncated_data_decodes_what_is_there_and_a_lying_length_is_bounded(tmp_path):
+    cut = _patched_wav(tmp_path / "cut.wav", keep=44 + 2 * 4000)  # header says 1 s, 0.25 s present
+    assert load_audio(cut).shape == (4000,)
+    lying = _patched_wav(tmp_path / "lying.wav", data_bytes=0xFFFFFFF0)  # claims 37 hours
+    assert load_audio(lying).shape == (SAMPLE_RATE,)
+
+
+def test_block_downmix_equals_the_whole_file_mean(tmp_path, monkeypatch):
+    from data_io import audio
+
+    rng = np.random.default_rng(0)
+    y = (0.1 * rng.standard_normal((5000, 3))).astype(np.float32)
+    path = tmp_path / "three.wav"
+    sf.write(path, y, SAMPLE_RATE, subtype="FLOAT")
+    monkeypatch.setattr(audio, "_BLOCK_VALUES", 999)  # many blocks
+    np.testing.assert_array_equal(load_audio(path), y.mean(axis=1, dtype=np.float32))
+
+
 def test_error_pickles_with_reason_and_detail():
     err = pickle.loads(pickle.dumps(AudioCheckError("too_short", "4.9 ms < one analysis window of 25.0 ms")))
     assert (err.reason, err.detail) == ("too_short", "4.9 ms < one analysis window of 25.0 ms")
     assert str(err) == "too_short: 4.9 ms < one analysis window of 25.0 ms"
-    assert set(REASONS) == {"missing", "decode_error", "empty", "non_finite", "too_short", "silent"}
+    assert set(REASONS) == {"missing", "decode_error", "bad_sample_rate", "too_long", "empty", "non_finite",
+                            "too_short", "silent"}
     with pytest.raises(ValueError, match="reason must be one of"):
         AudioCheckError("bad", "x")
 

@@ -367,3 +367,26 @@ def test_manifest_round_trip_and_edit_detection(shard_dir) -> None:
     path.write_text(json.dumps(raw))
     with pytest.raises(shards.ShardError, match="edited"):
         shards.read_manifest(folder)
+
+
+@pytest.mark.parametrize("change", [
+    {"corpus": "other"}, {"feature_set": "mfcc"}, {"librosa_version": "0.10.2"}, {"label_scale": [1.0, 7.0]},
+    {"label_scale": None}, {"feature_dtype": "float16"}, {"total_rows": 99}, {"schema_version": 1},
+])
+def test_content_hash_covers_every_field_that_changes_meaning(shard_dir, change: dict) -> None:
+    folder, _, _ = shard_dir
+    m = shards.read_manifest(folder)
+    assert dataclasses.replace(m, **change).content_hash != m.content_hash
+    assert dataclasses.replace(m, created="another time").content_hash == m.content_hash
+    for key, value in (("rows", 1), ("bytes", 1), ("sha256", "0" * 64)):
+        files = [dict(m.files[0], **{key: value}), *m.files[1:]]
+        assert dataclasses.replace(m, files=files).content_hash != m.content_hash, key
+    assert dataclasses.replace(m, files=m.files[::-1]).content_hash != m.content_hash  # row order
+
+
+def test_checksum_cache_file_is_not_a_part(shard_dir) -> None:
+    folder, rows, _ = shard_dir
+    shards.open_shards(folder, verify_checksums=True)
+    (folder / shards.CACHE_NAME).write_text("{}")  # whatever it holds, the reader never lists it as data
+    assert shards.open_shards(folder, verify_checksums=True).read_all()[0].num_rows == len(rows)
+    assert shards.list_feature_sets(folder.parent.parent, "toy") == ["logmel"]

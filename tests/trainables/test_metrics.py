@@ -32,6 +32,17 @@ def test_ccc_degenerate_inputs_are_zero_not_nan():
         M.ccc([1, 2], [1, 2, 3])
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_predictions_never_become_a_number(bad):
+    assert np.isnan(M.ccc([1.0, bad, 3.0], [1, 2, 3]))
+    assert np.isnan(M.pearson_r([1.0, bad, 3.0], [1, 2, 3]))
+    assert np.isnan(M.eer([0.1, bad, 0.9, 0.2], [0, 1, 1, 0]))
+    with pytest.raises(ValueError, match="non-finite"):
+        M.ccc([1, 2, 3], [1.0, bad, 3.0])  # a non-finite label is a data error
+    with pytest.raises(ValueError, match="non-finite"):
+        M.unweighted_accuracy(np.array([0.0, bad]), [0, 1])
+
+
 def test_pearson_hand_computed():
     # Deviations [-1.5, -.5, .5, 1.5] and [-1.5, .5, -.5, 1.5]: sum of products 4, sums of squares 5 and 5.
     assert M.pearson_r([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
