@@ -137,6 +137,9 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
         num_samples = int(np.prod([len(v) for v in grid.values()]))  # notes 1.4: num_samples = grid size
     storage = cfg.storage.path
     storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
+    if "://" not in str(storage) and Path(storage_path).exists() and not Path(storage_path).is_dir():
+        raise ValueError(f"storage.path {storage_path} is a file, but it must be the folder Ray Tune keeps "
+                         f"experiments in; point it at a folder (it is created if missing)")
     from cluster.tracking import resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
