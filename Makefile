@@ -33,7 +33,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+# Prints the UI's address and each experiment's runs-table link (also printed by `emotune sweep`/`emotune demo`).
 mlflow-ui: $(STAMP)
+	@$(PY) -m cluster.mlflow_ui --store mlflow.db --port $(MLFLOW_PORT) \
+		|| echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (the runs link is printed by emotune sweep/demo)"
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
 
 bench: $(STAMP)

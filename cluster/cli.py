@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field, e.g. search.num_samples=8 (repeatable)")
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all cores)")
+    s.add_argument("--verbose", action="store_true",
+                   help="Ray Tune's full output (status tables, results, worker INFO logs) besides emotune's lines")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("report", help="paper-style results table of an MLflow experiment")
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="synth + ingest + sweep + report on the built-in synthetic corpus")
     s.add_argument("--out", default="demo_out", help="working folder for the corpus and shards")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--verbose", action="store_true", help="Ray Tune's full output during the sweep")
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -196,18 +199,20 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def cmd_sweep(args: argparse.Namespace, *, show_table: bool = True) -> int:
     from cluster.sweep import run_sweep
 
     result = run_sweep(Path(args.config), smoke=args.smoke, overrides=_parse_sets(args.set), fresh=args.fresh,
-                       num_cpus=args.num_cpus)
+                       num_cpus=args.num_cpus, verbose=getattr(args, "verbose", False))
     print(f"\nsweep finished: {result.search_trials} search trials; selected on validation:")
     for key, sel in result.selected.items():
         print(f"  {key}: trial {sel['trial_id']} (val {sel['val_score']:.4f} at epoch {sel['best_epoch']})")
-    print("\n" + result.table_markdown)
     if result.model_version:
         print(f"registered model version {result.model_version} (alias candidate); MLflow parent run "
               f"{result.parent_run_id}")
+    if show_table:
+        print("\n" + result.table_markdown.rstrip())
+        print(result.ui_hint)
     return 0
 
 
@@ -229,7 +234,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
     decision = promote(args.model, resolve_tracking_uri(args.tracking_uri), args.candidate, args.champion)
     print(decision.message)
-    return 0 if decision.promoted else 1
+    # Exit 1 only when the gate refused the candidate; nothing to do (already champion) is not a failure.
+    return 0 if decision.promoted or decision.noop else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -245,11 +251,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd_shards(argparse.Namespace(path=str(shard_root / "msp_podcast" / "functionals"), verify=True))
     config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
     cmd_sweep(argparse.Namespace(config=str(config), smoke=False, fresh=False, num_cpus=None,
+                                 verbose=getattr(args, "verbose", False),
                                  set=[f"data.shards=[{(shard_root / 'msp_podcast' / 'functionals').resolve()}]",
-                                      f"storage.path={(out / 'ray_results').resolve()}"]))
+                                      f"storage.path={(out / 'ray_results').resolve()}"]),
+              show_table=False)  # the report below prints the table once, with the significance marks
+    print()
     cmd_report(argparse.Namespace(experiment="demo", baseline="dnn_mtl", tracking_uri=None, csv=None))
-    print("Browse the runs: make mlflow-ui  (then open http://127.0.0.1:5000)")
+    print(_runs_hint("demo"))
     return 0
+
+
+def _runs_hint(experiment: str, tracking_uri: str | None = None) -> str:
+    """How to open an experiment's runs in the MLflow UI (the direct URL of its runs table)."""
+    from mlflow.tracking import MlflowClient
+
+    from cluster.mlflow_ui import ui_hint
+    from cluster.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    return ui_hint(uri, exp.experiment_id) if exp is not None else f"no MLflow experiment {experiment!r} at {uri}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ class PromotionDecision:
     message: str
     candidate_version: str | None = None
     champion_version: str | None = None
+    noop: bool = False  # the candidate already is the champion: nothing to do, not a refusal
 
 
 def _by_alias(client: MlflowClient, name: str, alias: str):
@@ -61,11 +62,12 @@ def promote(model_name: str, tracking_uri: str, candidate_alias: str = "candidat
     if champ is None:
         client.set_registered_model_alias(model_name, champion_alias, cand.version)
         return PromotionDecision(True, f"no {champion_alias} yet: version {cand.version} "
-                                       f"({cand.tags.get('val_metric')} = {cand.tags.get('val_score')}) is now "
+                                       f"({cand.tags.get('val_metric')} = {_score(cand):.4f}) is now "
                                        f"{champion_alias}", cand.version, cand.version)
     if champ.version == cand.version:
-        return PromotionDecision(False, f"version {cand.version} is already {champion_alias}", cand.version,
-                                 champ.version)
+        return PromotionDecision(False, f"nothing to do: version {cand.version} ({cand.tags.get('val_metric')} = "
+                                        f"{_score(cand):.4f}) is already {champion_alias}", cand.version,
+                                 champ.version, noop=True)
     c_tags, h_tags = cand.tags, champ.tags
     if (c_tags.get("val_metric"), c_tags.get("val_mode")) != (h_tags.get("val_metric"), h_tags.get("val_mode")):
         return PromotionDecision(False, f"not promoted: candidate v{cand.version} was selected on "

@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, dashboard: bool = False,
-             runtime_env: dict | None = None) -> bool:
+             runtime_env: dict | None = None, log_level: str = "WARNING") -> bool:
     """Join the cluster named by ``RAY_ADDRESS`` (as under ``ray job submit``) or start a local one.
 
     Args:
@@ -22,6 +22,8 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, dashbo
         num_gpus: GPUs of a local cluster (default: detected).
         dashboard: Start the dashboard of a local cluster (on 127.0.0.1).
         runtime_env: Runtime environment (e.g. ``env_vars`` for the MLflow tracking URI on remote workers).
+        log_level: Python logging level of Ray's worker processes (``LoggingConfig``): WARNING keeps per-epoch INFO
+            lines such as "Checkpoint successfully created" off the console; INFO shows them.
 
     Returns:
         True when this call started a local cluster (the caller should shut it down), False otherwise.
@@ -31,10 +33,12 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, *, dashbo
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env, log_to_driver=True,
+                 logging_config=ray.LoggingConfig(log_level=log_level))
         return False
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+             runtime_env=runtime_env, log_to_driver=True, configure_logging=True, logging_level="WARNING",
+             logging_config=ray.LoggingConfig(log_level=log_level))
     return True
 
 

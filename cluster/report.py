@@ -1,9 +1,10 @@
 """Paper-style results tables (ladder paper, Table 1): variants x targets, mean +/- std over seeds, val and test.
 
-The sweep driver logs, on each sweep's parent run, one point per repeat seed for every validation and test metric
-(``<variant>.val_ccc_arousal``, ``<variant>.test_ccc_arousal``; step = seed). ``emotune report --experiment NAME``
-reads those back from every finished sweep of the experiment and marks with ``*`` the cells where a variant beats
-the baseline variant in a one-tailed Welch t-test over seeds (p < 0.05), as the paper does.
+The sweep driver logs, on each sweep's parent run, the mean and std over repeat seeds of every validation and test
+metric as scalars (``<variant>.val_ccc_arousal.mean``, ``<variant>.test_ccc_arousal.std``) and the per-seed values as
+the artifact ``results/per_seed.csv``. ``emotune report --experiment NAME`` reads the per-seed values back from every
+finished sweep of the experiment and marks with ``*`` the cells where a variant beats the baseline variant in a
+one-tailed Welch t-test over seeds (p < 0.05), as the paper does.
 
 The paper tunes one sweep per attribute (the MTL weights are chosen "to maximize the performance for each
 attribute"). With several sweeps in one experiment, a cell for attribute A comes from the sweep whose objective is
@@ -44,12 +45,15 @@ def format_table(values: Values, targets: Sequence[str], baseline: str | None = 
         alpha: Significance level.
 
     Returns:
-        ``(markdown, csv)``.
+        ``(markdown, csv)``; the CSV is numeric: per column ``<col>.mean`` and ``<col>.std`` (and with a baseline
+        ``<col>.better``, 1 where the cell is marked), empty where a variant has no value.
     """
     if baseline is not None and baseline not in values:
         raise ValueError(f"--baseline {baseline!r} is not among the variants {sorted(values)}")
     cols = [f"{p}_{m}" for p in ("val", "test") for m in metric_names(targets)]
     header = ["variant", "seeds", *cols]
+    csv_header = ["variant", "seeds"] + [f"{c}.{part}" for c in cols
+                                         for part in (("mean", "std", "better") if baseline else ("mean", "std"))]
     md_rows, csv_rows = [], []
     for variant in sorted(values):
         per = values[variant]
@@ -59,14 +63,15 @@ def format_table(values: Values, targets: Sequence[str], baseline: str | None = 
             xs = np.asarray(per.get(col, ()), dtype=float)
             if xs.size == 0:
                 md.append("–")
-                raw.append("")
+                raw += [""] * (3 if baseline else 2)
                 continue
             mark = ""
             if baseline and variant != baseline and len(values[baseline].get(col, ())) >= 2 and xs.size >= 2:
                 _, p = M.welch_one_tailed(xs, np.asarray(values[baseline][col], dtype=float))
                 mark = "*" if p < alpha else ""
-            md.append(f"{xs.mean():.3f} ± {xs.std(ddof=1) if xs.size > 1 else 0.0:.3f}{mark}")
-            raw.append(f"{xs.mean():.6f}±{xs.std(ddof=1) if xs.size > 1 else 0.0:.6f}{mark}")
+            std = float(xs.std(ddof=1)) if xs.size > 1 else 0.0
+            md.append(f"{xs.mean():.3f} ± {std:.3f}{mark}")
+            raw += [repr(float(xs.mean())), repr(std)] + ([str(int(bool(mark)))] if baseline else [])
         md_rows.append(md)
         csv_rows.append(raw)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -74,7 +79,7 @@ def format_table(values: Values, targets: Sequence[str], baseline: str | None = 
     if baseline:
         lines.append(f"\n`*`: better than `{baseline}` in a one-tailed Welch t-test over seeds, p < {alpha}.")
     buf = io.StringIO()
-    csv.writer(buf).writerows([header, *csv_rows])
+    csv.writer(buf).writerows([csv_header, *csv_rows])
     return "\n".join(lines) + "\n", buf.getvalue()
 
 
@@ -115,10 +120,7 @@ def values_from_mlflow(experiment: str, tracking_uri: str) -> tuple[dict, list[s
     targets: list[str] = []
     for run in parents:  # newest first
         objective = run.data.tags.get("objective", "")
-        for key in run.data.metrics:
-            variant, dot, column = key.partition(".")
-            if not dot or not column.startswith(("val_", "test_")):
-                continue
+        for (variant, column), seeds in _per_seed_values(client, run).items():
             target = column.split("_", 2)[-1]
             if target == "mean":  # val_ccc_mean is the MTL objective, not a target of its own
                 continue
@@ -127,9 +129,40 @@ def values_from_mlflow(experiment: str, tracking_uri: str) -> tuple[dict, list[s
             targeted = objective.endswith(f"_{target}")
             if (variant, column) in owner and (owner[(variant, column)] or not targeted):
                 continue
-            history = client.get_metric_history(run.info.run_id, key)
-            values.setdefault(variant, {})[column] = [m.value for m in sorted(history, key=lambda m: m.step)]
+            values.setdefault(variant, {})[column] = seeds
             owner[(variant, column)] = targeted
     order = [t for t in (*ATTRIBUTES, "emotion") if t in targets] + [t for t in targets if t not in ATTRIBUTES
                                                                        and t != "emotion"]
     return values, order
+
+
+def _per_seed_values(client, run) -> dict[tuple[str, str], list[float]]:
+    """``{(variant, column): values in seed order}`` of a sweep's parent run, from ``results/per_seed.csv``.
+
+    Parent runs of older emotune versions have no such file; their per-seed values are metric histories
+    (``<variant>.<column>``, step = seed).
+    """
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    out: dict[tuple[str, str], list[float]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = client.download_artifacts(run.info.run_id, "results/per_seed.csv", d)
+            with open(path, newline="") as f:
+                rows = sorted(csv.DictReader(f), key=lambda r: int(r["seed"]))
+    except (MlflowException, OSError):
+        rows = None
+    if rows is not None:
+        for row in rows:
+            for column, value in row.items():
+                if column.startswith(("val_", "test_")) and value not in ("", None):
+                    out.setdefault((row["variant"], column), []).append(float(value))
+        return out
+    for key in run.data.metrics:
+        variant, dot, column = key.partition(".")
+        if dot and column.startswith(("val_", "test_")) and not column.endswith((".mean", ".std")):
+            history = client.get_metric_history(run.info.run_id, key)
+            out[(variant, column)] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    return out

@@ -68,6 +68,7 @@ class Prepared:
     grid: dict | None = None
     points: list = field(default_factory=list)
     fold_summary: list = field(default_factory=list)
+    config_path: Path | None = None
 
 
 def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
@@ -154,7 +155,7 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                     tracking_uri=tracking_uri,
                     experiment=cfg.tracking.experiment or cfg.name,
                     model_name=cfg.registry.model_name or f"emotune-{family.name}", num_samples=num_samples,
-                    grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds))
+                    grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds), config_path=config_path)
 
 
 def _open(folder: Path, field: str):
@@ -287,10 +288,12 @@ class SweepResult:
     test: dict
     model_version: str | None
     search_trials: int
+    runs_url: str = ""
+    ui_hint: str = ""
 
 
 def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None = None, fresh: bool = False,
-              num_cpus: int | None = None) -> SweepResult:
+              num_cpus: int | None = None, verbose: bool = False) -> SweepResult:
     """Run (or resume) a sweep end to end. See the module docstring for the phases.
 
     Raises:
@@ -304,16 +307,30 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     _check_local_resources(prep.cfg, num_cpus)
     # The lock comes before the state file, MLflow and Ray: two runs of one sweep would double its trials and runs.
     with lock_experiment(prep.storage, prep.cfg.name) as lock:
-        return _run_locked(prep, fresh=fresh, num_cpus=num_cpus, locked=lock.held)
+        return _run_locked(prep, fresh=fresh, num_cpus=num_cpus, locked=lock.held, verbose=verbose)
 
 
-def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bool) -> SweepResult:
+@dataclass
+class Session:
+    """What every phase of one driver run logs through: the MLflow client, experiment and parent run."""
+
+    client: object
+    experiment_id: str
+    parent_id: str
+    tags: dict  # static tags of every child run
+    resolve: object  # config -> the params a child run logs
+    datasets: list  # MLflow DatasetInputs of the shard sets
+    verbose: bool = False
+
+
+def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bool,
+                verbose: bool = False) -> SweepResult:
     """:func:`run_sweep` once the experiment folder is locked (``locked`` False: object storage, no lock)."""
     import mlflow
     import ray
     from mlflow.tracking import MlflowClient
 
-    from cluster import tracking
+    from cluster import console, mlflow_ui, tracking
 
     cfg = prep.cfg
     exp_dir = Path(prep.storage) / cfg.name
@@ -325,9 +342,15 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
     mlflow.set_tracking_uri(prep.tracking_uri)
     client = MlflowClient(prep.tracking_uri)
     experiment_id = tracking.ensure_experiment(client, prep.experiment)
+    # The documented kind of a model-training experiment; MLflow 3.17's own UI decides its view from the link's
+    # workflowType (mlflow_ui.runs_url), so the printed link is what opens the runs table there.
+    mlflow_ui.mark_training_experiment(client, experiment_id)
     static_tags = {"family": prep.family.name, "protocol": _protocol_tag(cfg), "data_manifest_hash": prep.manifest_hash,
                    "feature_set": prep.shard_sets[0].manifest.feature_set, "git_commit": tracking.git_commit(),
-                   "sweep": cfg.name, "objective": cfg.search.metric}
+                   "sweep": cfg.name, "objective": cfg.search.metric,
+                   **tracking.standard_tags(f"emotune sweep {_shown_path(prep.config_path)}")}
+    datasets = (tracking.dataset_inputs(prep.shard_sets, "training")
+                + tracking.dataset_inputs([ss for ss, _ in prep.auxiliary], "auxiliary"))
     parent_id = state.get("parent_run_id")
     if parent_id is None:
         # No state here (a new or deleted folder, or --fresh) but MLflow may hold this sweep's parent still RUNNING.
@@ -337,36 +360,47 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
                                    tags={**static_tags, tracking.ROLE_TAG: "sweep", tracking.FOLDER_TAG: folder})
         parent_id = parent.info.run_id
         _supersede(client, experiment_id, cfg.name, orphans, folder, parent_id, locked=locked, fresh=fresh)
-        client.log_batch(parent_id, params=[mlflow.entities.Param(k, tracking._param_value(v))
-                                            for k, v in sorted(cfg.to_flat_dict().items())])
+        client.log_batch(parent_id, params=tracking.loggable_params(cfg.to_flat_dict()))
+        client.log_inputs(parent_id, datasets=datasets)
         client.log_text(parent_id, json.dumps(prep.fold_summary, indent=1), "folds.json")
         state = {"parent_run_id": parent_id, "phase": "search", "created": time.time()}
         _save_state(exp_dir, state)
     else:
         client.update_run(parent_id, status="RUNNING")
+    session = Session(client, experiment_id, parent_id, static_tags, partial(_resolved_params, family=prep.family),
+                      datasets, verbose)
+    print(f"emotune: sweep {cfg.name!r} ({prep.family.name}, {len(prep.folds)} fold(s), protocol "
+          f"{_protocol_tag(cfg)})\n{mlflow_ui.ui_hint(prep.tracking_uri, experiment_id)}", flush=True)
 
-    started = ray_runtime.init_ray(num_cpus=num_cpus)
+    started = ray_runtime.init_ray(num_cpus=num_cpus, log_level=console.ray_log_level(verbose))
     try:
         from trainables.data import load_store
 
         store = load_store(prep.shard_sets, prep.auxiliary)
         data = build_search_data(prep, store)
-        resolve = partial(_resolved_params, family=prep.family)
 
         if state["phase"] == "search":
-            results = _run_search(prep, data, exp_dir, experiment_id, parent_id, static_tags, resolve)
+            console.phase("search", f"{prep.num_samples} trials, {cfg.search.max_concurrent} at a time "
+                                    f"({cfg.search.sampler}, scheduler {cfg.search.scheduler})")
+            results = _run_search(prep, data, exp_dir, session)
             state["selected"] = select(results, cfg.search.metric, cfg.search.mode, cfg.train.select_per_variant)
             state["search_trials"] = len(results)
             state["phase"] = "repeats"
             _save_state(exp_dir, state)
-            _log_selection(client, parent_id, state["selected"], cfg.search.metric)
+            _log_selection(session, state["selected"], cfg.search.metric)
+            _log_search_plots(prep, exp_dir, session)
         if state["phase"] == "repeats":
-            repeats = _run_repeats(prep, data, state["selected"], experiment_id, parent_id, static_tags, resolve)
+            n = len(state["selected"]) * int(cfg.repeats.seeds)
+            console.phase("repeats", f"{len(state['selected'])} selected config(s) x {cfg.repeats.seeds} seeds = "
+                                     f"{n} trials")
+            repeats = _run_repeats(prep, data, state["selected"], session)
             state["repeats"] = repeats
             state["phase"] = "test"
             _save_state(exp_dir, state)
+            _log_validation_plots(prep, store, repeats, session)
         if state["phase"] == "test":
-            state["test"] = score_test_once(prep, store, state["repeats"], client, parent_id)
+            console.phase("test", "scoring each repeat's best checkpoint on the test rows, once")
+            state["test"] = score_test_once(prep, store, state["repeats"], session)
             state["test_scored_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             client.set_tag(parent_id, "emotune.test_scored_at", state["test_scored_at"])
             state["phase"] = "register"
@@ -375,9 +409,10 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
 
         table_md, table_csv = format_table(values_from_repeats(state["repeats"], state["test"]), cfg.data.targets)
         if state["phase"] == "register":
+            console.phase("register", f"the best repeat on {cfg.search.metric} -> {prep.model_name}")
             client.log_text(parent_id, table_md, "results/table.md")
             client.log_text(parent_id, table_csv, "results/table.csv")
-            state["model_version"] = register_best(prep, state["repeats"], state["test"], parent_id)
+            state["model_version"] = register_best(prep, store, state["repeats"], session)
             state["phase"] = "done"
             _save_state(exp_dir, state)
         client.set_terminated(parent_id, "FINISHED")
@@ -389,7 +424,19 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             ray.shutdown()
     return SweepResult(parent_run_id=parent_id, experiment_id=experiment_id, selected=state["selected"],
                        table_markdown=table_md, test=state["test"], model_version=state.get("model_version"),
-                       search_trials=state.get("search_trials", 0))
+                       search_trials=state.get("search_trials", 0),
+                       runs_url=mlflow_ui.runs_url(prep.tracking_uri, experiment_id),
+                       ui_hint=mlflow_ui.ui_hint(prep.tracking_uri, experiment_id))
+
+
+def _shown_path(path: Path | None) -> str:
+    """A config path as the user would type it: relative to the working folder when inside it."""
+    if path is None:
+        return "?"
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _check_local_resources(cfg, num_cpus: int | None) -> None:
@@ -493,38 +540,68 @@ def _resolved_params(config: dict, family) -> dict:
     from trainables.loop import LOOP_KEYS, config_dict, split_config
 
     model_kwargs, loop = split_config(config, family)
-    params = config_dict(family.config_cls(**model_kwargs))
+    cfg = family.config_cls(**model_kwargs)
+    unused = cfg.unused_fields() if hasattr(cfg, "unused_fields") else frozenset()
+    params = {k: v for k, v in config_dict(cfg).items() if k not in unused}
     params.update({k: loop[k] for k in LOOP_KEYS if k in loop})
     params.update({k: config[k] for k in family.search_only if k in config})
     return params
 
 
-def _tuner_common(prep: Prepared, data, callbacks, name: str, max_concurrent: int):
+def _tuner_common(prep: Prepared, data, callbacks, name: str, verbose: bool):
     from ray import tune
 
+    from cluster import console
     from trainables.tune_entry import tune_trainable
 
     cfg = prep.cfg
     resources = {"cpu": float(cfg.resources.cpu), "gpu": float(cfg.resources.gpu)}
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data), resources)
     run_config = tune.RunConfig(
-        name=name, storage_path=prep.storage, callbacks=callbacks, verbose=1,
+        name=name, storage_path=prep.storage, callbacks=callbacks, verbose=console.ray_verbosity(verbose),
         failure_config=tune.FailureConfig(max_failures=int(cfg.resources.max_failures)),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     return trainable, run_config
 
 
-def _run_search(prep: Prepared, data, exp_dir: Path, experiment_id: str, parent_id: str, tags: dict, resolve):
+def _logger(prep: Prepared, session: Session, role: str):
+    from cluster.tracking import TrialRunLogger
+
+    cfg = prep.cfg
+    return TrialRunLogger(prep.tracking_uri, session.experiment_id, session.parent_id, role, session.tags,
+                          session.resolve, metric=cfg.search.metric, mode=cfg.search.mode,
+                          max_epochs=int(cfg.train.max_epochs),
+                          scheduler=cfg.search.scheduler if role == "search" else "none", datasets=session.datasets)
+
+
+def _finished_children(session: Session, role: str) -> int:
+    from cluster import tracking
+
+    runs = tracking.child_runs(session.client, session.experiment_id, session.parent_id, role)
+    return sum(r.info.status in ("FINISHED", "FAILED") for r in runs)
+
+
+STUDY_FILE = "optuna_study.db"
+
+
+def study_storage(prep: Prepared) -> str | None:
+    """Where the search's Optuna study lives: SQLite beside the experiment (``<storage>/<name>/optuna_study.db``,
+    open it with ``optuna-dashboard sqlite:///...``), or None (in memory) when the storage is an object store."""
+    if "://" in str(prep.storage):
+        return None
+    return f"sqlite:///{Path(prep.storage) / prep.cfg.name / STUDY_FILE}"
+
+
+def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from cluster.tracking import TrialRunLogger
+    from cluster import console
 
     cfg = prep.cfg
-    callback = TrialRunLogger(prep.tracking_uri, experiment_id, parent_id, "search", tags, resolve)
-    trainable, run_config = _tuner_common(prep, data, [callback], cfg.name, cfg.search.max_concurrent)
+    trainable, run_config = _tuner_common(prep, data, [_logger(prep, session, "search")], cfg.name, session.verbose)
     if tune.Tuner.can_restore(str(exp_dir)):
         # Finished trials are kept, in-flight ones resume from their checkpoints; the searcher state (Optuna study
         # and sampler) is restored from the experiment folder with the space function pickled by reference.
@@ -536,8 +613,13 @@ def _run_search(prep: Prepared, data, exp_dir: Path, experiment_id: str, parent_
                         **prep.space_kwargs)
         sampler = (optuna.samplers.GridSampler(prep.grid, seed=int(cfg.search.seed)) if prep.grid
                    else _sampler(cfg))
+        url = study_storage(prep)
+        if url:
+            exp_dir.mkdir(parents=True, exist_ok=True)
         searcher = OptunaSearch(space, metric=cfg.search.metric, mode=cfg.search.mode, sampler=sampler,
-                                points_to_evaluate=prep.points or None)
+                                points_to_evaluate=prep.points or None,
+                                storage=optuna.storages.RDBStorage(url) if url else None,
+                                study_name=cfg.name if url else None)
         if cfg.search.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(cfg.train.max_epochs),
                                       grace_period=min(int(cfg.search.grace_period), int(cfg.train.max_epochs)),
@@ -551,12 +633,14 @@ def _run_search(prep: Prepared, data, exp_dir: Path, experiment_id: str, parent_
                                         max_concurrent_trials=int(cfg.search.max_concurrent)),
             run_config=run_config,
         )
-    grid = tuner.fit()
+    with console.Progress("search", prep.num_samples, cfg.search.metric, done=_finished_children(session, "search")):
+        grid = tuner.fit()
     return _collect(grid, cfg.search.metric, cfg.search.mode)
 
 
 def _collect(result_grid, metric: str, mode: str) -> list[dict]:
-    """One record per trial: its config, its best epoch's metrics (not its last) and its best checkpoint path."""
+    """One record per trial: its config, its best epoch's metrics (not its last), its best checkpoint path and its
+    validation curve."""
     out = []
     for result in result_grid:
         if result.error is not None or result.metrics_dataframe is None or metric not in result.metrics_dataframe:
@@ -567,6 +651,7 @@ def _collect(result_grid, metric: str, mode: str) -> list[dict]:
         best_row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
         ckpt = result.get_best_checkpoint(metric=metric, mode=mode) if result.best_checkpoints else None
         config = result.config.get("repeat", result.config)
+        epochs = [int(e) for e in df["epoch"]] if "epoch" in df else list(range(1, len(df) + 1))
         out.append({
             "trial_id": result.metrics.get("trial_id"), "config": _jsonable(config),
             "variant": str(config.get("variant", "")),
@@ -574,6 +659,8 @@ def _collect(result_grid, metric: str, mode: str) -> list[dict]:
             "best_epoch": int(best_row.get("epoch", 0)),
             "epochs_run": int(df["epoch"].max()) if "epoch" in df else len(df),
             "checkpoint": ckpt.path if ckpt is not None else None,
+            "curve": {"epoch": epochs, metric: [float(v) for v in df[metric]],
+                      **({"train_loss": [float(v) for v in df["train_loss"]]} if "train_loss" in df else {})},
         })
     return out
 
@@ -636,24 +723,31 @@ def select(results: list[dict], metric: str, mode: str, per_variant: bool) -> di
     return chosen
 
 
-def _log_selection(client, parent_id: str, selected: dict, metric: str) -> None:
+def _log_selection(session: Session, selected: dict, metric: str) -> None:
+    """Selection on the parent run: the chosen trial per variant, by Tune trial id and by MLflow run id."""
+    from cluster import tracking
+
+    client, parent_id = session.client, session.parent_id
     for key, sel in selected.items():
         client.set_tag(parent_id, f"emotune.selected.{key}.trial_id", sel["trial_id"])
+        run_id = tracking.find_trial_run(client, session.experiment_id, parent_id, sel["trial_id"])
+        if run_id:
+            sel["run_id"] = run_id
+            client.set_tag(parent_id, f"emotune.selected.{key}.run_id", run_id)
         client.log_metric(parent_id, f"selected_{key}_{metric}", sel["val_score"])
     client.log_text(parent_id, json.dumps(selected, indent=1, default=str), "selection.json")
 
 
-def _run_repeats(prep: Prepared, data, selected: dict, experiment_id: str, parent_id: str, tags: dict,
-                 resolve) -> list[dict]:
+def _run_repeats(prep: Prepared, data, selected: dict, session: Session) -> list[dict]:
     from ray import tune
 
-    from cluster.tracking import TrialRunLogger
+    from cluster import console, tracking
 
     cfg = prep.cfg
     name = f"{cfg.name}-repeats"
-    callback = TrialRunLogger(prep.tracking_uri, experiment_id, parent_id, "repeat", tags, resolve)
-    trainable, run_config = _tuner_common(prep, data, [callback], name, cfg.search.max_concurrent)
+    trainable, run_config = _tuner_common(prep, data, [_logger(prep, session, "repeat")], name, session.verbose)
     exp_dir = Path(prep.storage) / name
+    total = len(selected) * int(cfg.repeats.seeds)
     if tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
     else:
@@ -665,48 +759,207 @@ def _run_repeats(prep: Prepared, data, selected: dict, experiment_id: str, paren
                                         max_concurrent_trials=int(cfg.search.max_concurrent)),
             run_config=run_config,
         )
-    return _collect(tuner.fit(), cfg.search.metric, cfg.search.mode)
+    with console.Progress("repeats", total, cfg.search.metric, done=_finished_children(session, "repeat")):
+        repeats = _collect(tuner.fit(), cfg.search.metric, cfg.search.mode)
+    for rep in repeats:
+        rep["run_id"] = tracking.find_trial_run(session.client, session.experiment_id, session.parent_id,
+                                                rep["trial_id"])
+    return repeats
 
 
-def score_test_once(prep: Prepared, store, repeats: list[dict], client, parent_id: str) -> dict:
+def seed_summary(repeats: list[dict], test: dict) -> tuple[dict[str, float], list[dict]]:
+    """The parent run's summary of the repeats: ``<variant>.<metric>.mean`` and ``.std`` (over seeds, ddof 1; 0 for
+    one seed) of every validation metric (at each repeat's best epoch) and test metric, and one row per repeat
+    (variant, seed, trial and run id, every metric) for ``results/per_seed.csv``."""
+    rows, values = [], {}
+    for rep in sorted(repeats, key=lambda r: (r["variant"], int(r["config"].get("seed", 0)))):
+        variant = rep["variant"] or "model"
+        metrics = {**rep["best"], **test.get(rep["trial_id"], {})}
+        rows.append({"variant": variant, "seed": int(rep["config"].get("seed", 0)), "trial_id": rep["trial_id"],
+                     "run_id": rep.get("run_id") or "", **metrics})
+        for k, v in metrics.items():
+            values.setdefault(f"{variant}.{k}", []).append(float(v))
+    summary = {}
+    for key, xs in values.items():
+        arr = np.asarray(xs, dtype=float)
+        summary[f"{key}.mean"] = float(arr.mean())
+        summary[f"{key}.std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return summary, rows
+
+
+def per_seed_csv(rows: list[dict]) -> str:
+    """Per-seed values as a numeric CSV: id columns, then one column per metric (validation first, then test)."""
+    import csv
+    import io
+
+    ids = ["variant", "seed", "trial_id", "run_id"]
+    metrics = sorted({k for r in rows for k in r if k not in ids}, key=lambda k: (not k.startswith("val_"), k))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(ids + metrics)
+    for r in rows:
+        writer.writerow([r[k] for k in ids] + [repr(float(r[k])) if k in r else "" for k in metrics])
+    return buf.getvalue()
+
+
+def score_test_once(prep: Prepared, store, repeats: list[dict], session: Session) -> dict:
     """Open each fold's test lockbox once and score every repeat's best checkpoint; log on the parent run only.
+
+    The parent gets ``<variant>.<metric>.mean``/``.std`` over seeds for validation and test metrics, the per-seed
+    values as ``results/per_seed.csv``, and the test predicted-vs-true plots and confusion matrices of each
+    variant's best repeat (by validation).
 
     Returns:
         ``{trial_id: {test_metric: value}}``.
     """
-    from trainables.loop import evaluate_state
+    from mlflow.entities import Metric
+
+    from trainables.loop import evaluate_state, state_predictions
     from trainables.tune_entry import load_state
 
+    client, parent_id = session.client, session.parent_id
     test_ids = [list(f.test.open("test scoring after selection")) for f in prep.folds]
-    scores = {}
+    scores, plotted = {}, {}
+    best_per_variant = _best_per_variant(repeats, prep.cfg.search.metric, prep.cfg.search.mode)
     for rep in repeats:
         if rep["checkpoint"] is None:
             continue
         state = load_state(rep["checkpoint"])
         scores[rep["trial_id"]] = evaluate_state(state, store, test_ids, "test")
-    # Test metrics go to the parent run only: per variant, one point per seed (step = seed), next to the same
-    # repeat's validation metrics at its best epoch (what `emotune report` tabulates).
-    from mlflow.entities import Metric
-
+        if best_per_variant.get(rep["variant"]) is rep:
+            plotted[rep["variant"] or "model"] = (state, state_predictions(state, store, test_ids))
+    summary, rows = seed_summary(repeats, scores)
     now = int(time.time() * 1000)
-    batch = []
-    for rep in repeats:
-        for k, v in {**rep["best"], **scores.get(rep["trial_id"], {})}.items():
-            batch.append(Metric(f"{rep['variant'] or 'model'}.{k}", v, now, int(rep["config"].get("seed", 0))))
+    batch = [Metric(k, v, now, 0) for k, v in sorted(summary.items())]
     for i in range(0, len(batch), 900):
         client.log_batch(parent_id, metrics=batch[i:i + 900])
+    client.log_text(parent_id, per_seed_csv(rows), "results/per_seed.csv")
     client.log_text(parent_id, json.dumps({"accesses": [f.test.accesses for f in prep.folds]}, default=str),
                     "test_lockbox_accesses.json")
+    for variant, (state, (outputs, labels)) in plotted.items():
+        _log_prediction_plots(client, parent_id, state, outputs, labels, f"plots/test/{variant}", "test")
     return scores
 
 
-def register_best(prep: Prepared, repeats: list[dict], test: dict, parent_id: str) -> str | None:
-    """Log the repeat with the best validation score as an MLflow model, register it, alias it ``candidate``."""
-    import mlflow
-    import torch
-    from mlflow.tracking import MlflowClient
+def _best_per_variant(repeats: list[dict], metric: str, mode: str) -> dict:
+    """The repeat with the best validation score of each variant (the one a variant's plots show)."""
+    best = {}
+    for rep in repeats:
+        score = rep["best"].get(metric)
+        if rep["checkpoint"] is None or not _finite(score):
+            continue
+        held = best.get(rep["variant"])
+        if held is None or (score > held["best"][metric] if mode == "max" else score < held["best"][metric]):
+            best[rep["variant"]] = rep
+    return best
 
-    from trainables.loop import Standardized, model_from_state
+
+# ---- plots -------------------------------------------------------------------------------------------------
+
+def _log_png(client, run_id: str, png: bytes, artifact_file: str) -> None:
+    import tempfile
+
+    folder, _, name = artifact_file.rpartition("/")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path), artifact_path=folder or None)
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"emotune: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _log_search_plots(prep: Prepared, exp_dir: Path, session: Session) -> None:
+    """Optuna's optimisation history, parameter importances and parallel coordinates of the search, from the study
+    in its SQLite storage (which is also logged, as ``optuna/optuna_study.db``), on the parent run."""
+    import optuna
+
+    from cluster import plots
+
+    url = study_storage(prep)
+    if url is None:
+        _warn("the Optuna study lives in memory with an object-store storage.path; no search plots")
+        return
+    session.client.set_tag(session.parent_id, "emotune.optuna_storage", url)
+    study = optuna.load_study(study_name=prep.cfg.name, storage=url)
+    pngs, skipped = plots.optuna_plots(study)
+    for name, png in pngs.items():
+        _log_png(session.client, session.parent_id, png, f"plots/search/{name}")
+    for name, reason in skipped.items():
+        _warn(f"search plot {name} skipped: {reason}")
+    session.client.log_artifact(session.parent_id, str(exp_dir / STUDY_FILE), artifact_path="optuna")
+
+
+def _log_validation_plots(prep: Prepared, store, repeats: list[dict], session: Session) -> None:
+    """Validation curves of every repeat (per variant, on the parent) and, for each variant's best repeat, its
+    validation predicted-vs-true plots and confusion matrices (on that repeat's run)."""
+    from cluster import plots
+    from trainables.loop import state_predictions
+    from trainables.tune_entry import load_state
+
+    cfg = prep.cfg
+    metric, mode = cfg.search.metric, cfg.search.mode
+    by_variant: dict[str, dict] = {}
+    for rep in repeats:
+        label = f"{rep['variant'] or 'model'} seed {rep['config'].get('seed', 0)}"
+        by_variant.setdefault(rep["variant"] or "model", {})[label] = rep["curve"]
+    for variant, curves in sorted(by_variant.items()):
+        png = plots.curves_plot(curves, metric, mode=mode, title=f"{variant}: {metric} per epoch (validation)")
+        _log_png(session.client, session.parent_id, png, f"plots/validation_curves_{variant}.png")
+    val_ids = [list(f.val_ids) for f in prep.folds]
+    for rep in _best_per_variant(repeats, metric, mode).values():
+        if not rep.get("run_id"):
+            continue
+        state = load_state(rep["checkpoint"])
+        outputs, labels = state_predictions(state, store, val_ids)
+        _log_prediction_plots(session.client, rep["run_id"], state, outputs, labels, "plots/validation",
+                              "validation")
+
+
+def _log_prediction_plots(client, run_id: str, state: dict, outputs: dict, labels: dict, folder: str,
+                          split: str) -> None:
+    """Predicted vs true per regression target (on the corpus's rating scale) and a confusion matrix per class or
+    soft target, over the utterances that carry the label."""
+    from cluster import plots
+    from cluster.export import output_spec
+
+    spec = state["spec"]
+    kinds = spec.get("kinds", {})
+    scales = {e["name"]: tuple(e["scale"]) for e in output_spec(state)["targets"]
+              if e["kind"] == "regression" and e["scale"]}
+    for target in spec["targets"]:
+        if target not in outputs:
+            continue
+        mask = np.asarray(labels[f"{target}_mask"], dtype=bool)
+        if mask.sum() < 2:
+            continue
+        pred, truth = np.asarray(outputs[target])[mask], np.asarray(labels[target])[mask]
+        if kinds.get(target, "regression") == "regression":
+            lo, hi = scales.get(target, (-1.0, 1.0))
+            to_scale = lambda y, lo=lo, hi=hi: lo + (np.asarray(y, dtype=float) + 1.0) / 2.0 * (hi - lo)
+            png = plots.scatter_plot(to_scale(pred), to_scale(truth), target, scale=(lo, hi),
+                                     title=f"{target}: predicted vs true ({split})")
+            _log_png(client, run_id, png, f"{folder}/scatter_{target}.png")
+        else:
+            truth = truth.argmax(axis=-1) if truth.ndim == 2 else truth
+            names = state.get("classes", {}).get(target) or [str(i) for i in range(pred.shape[-1])]
+            png = plots.confusion_plot(pred.argmax(axis=-1), truth.astype(int), names,
+                                       title=f"{target}: confusion matrix ({split})")
+            _log_png(client, run_id, png, f"{folder}/confusion_{target}.png")
+
+
+def register_best(prep: Prepared, store, repeats: list[dict], session: Session) -> str | None:
+    """Log the repeat with the best validation score as an MLflow model on that repeat's own run, register it,
+    alias it ``candidate``.
+
+    The model (``cluster/pyfunc_model.py``) takes raw ``features`` and returns named columns on the corpus's own
+    rating scale (class probabilities named by class); its input example is real validation rows, its params are
+    the winning run's, its description says what it predicts, on which data, with which validation score.
+    """
+    from cluster.export import describe, log_registered_model, output_spec, validation_example
     from trainables.tune_entry import load_state
 
     cfg = prep.cfg
@@ -718,19 +971,22 @@ def register_best(prep: Prepared, repeats: list[dict], test: dict, parent_id: st
     state = load_state(best["checkpoint"])
     _check_finite_weights(state, best["trial_id"])
     # The registered model is fold 0's; for cross-validation protocols that is the first fold's model.
-    model, norm = model_from_state(state, 0)
-    export = Standardized(model, norm["mean"], norm["std"]).eval()
-    example = torch.randn((4, *state["spec"]["input_shape"])) * norm["std"] + norm["mean"]
-    client = MlflowClient(prep.tracking_uri)
-    with mlflow.start_run(run_id=parent_id):
-        info = mlflow.pytorch.log_model(export, name="model", input_example=example.numpy(),
-                                        registered_model_name=prep.model_name)
-    version = str(info.registered_model_version)
+    example = validation_example(state, store, list(prep.folds[0].val_ids))
+    manifest = prep.shard_sets[0].manifest
+    seed = best["config"].get("seed", 0)
+    variant = best["variant"] or prep.family.name
     tags = {"val_metric": metric, "val_mode": mode, "val_score": repr(best["best"][metric]),
             "data_manifest_hash": prep.manifest_hash, "sweep": cfg.name, "trial_id": best["trial_id"],
-            "variant": best["variant"], "parent_run_id": parent_id,
-            "outputs": ",".join(state["spec"]["targets"])}
-    for k, v in tags.items():
-        client.set_model_version_tag(prep.model_name, version, k, v)
-    client.set_registered_model_alias(prep.model_name, cfg.registry.alias, version)
+            "variant": best["variant"], "seed": str(seed), "parent_run_id": session.parent_id,
+            "run_id": best.get("run_id") or "", "outputs": ",".join(output_spec(state)["columns"])}
+    description = describe(state, corpora=[ss.manifest.corpus for ss in prep.shard_sets],
+                           feature_set=manifest.feature_set, manifest_hash=prep.manifest_hash, metric=metric,
+                           mode=mode, score=best["best"][metric], protocol=_protocol_tag(cfg), sweep=cfg.name,
+                           variant=variant, seed=int(seed), trial_id=best["trial_id"])
+    version = log_registered_model(state, example, tracking_uri=prep.tracking_uri,
+                                   run_id=best.get("run_id") or session.parent_id, model_name=prep.model_name,
+                                   description=description, params=_resolved_params(best["config"], prep.family),
+                                   version_tags=tags)
+    session.client.set_registered_model_alias(prep.model_name, cfg.registry.alias, version)
+    session.client.set_tag(session.parent_id, "emotune.registered", f"{prep.model_name}/{version}")
     return version

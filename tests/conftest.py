@@ -43,3 +43,20 @@ def frame_shards(synth_corpora, tmp_path_factory):
     ingest("csv", synth_corpora / "callcenter", out, ["fbank40"], shard_size=128)
     ingest("librispeech", synth_corpora / "librispeech", out, ["fbank40"], shard_size=128)
     return out
+
+
+@pytest.fixture(scope="session")
+def msp_search(msp_functionals):
+    """The synthetic MSP-Podcast functionals as the loop sees them: ``(SearchData of the predefined fold's training
+    and validation rows, targets arousal/valence/dominance; the whole FeatureStore; the fold)``."""
+    from data_io import folds as folds_mod
+    from data_io import shards
+    from trainables.data import SearchData, load_store
+
+    out, _ = msp_functionals
+    ss = shards.open_shards(out / "msp_podcast" / "functionals")
+    (fold,) = folds_mod.build_folds("predefined", ss.metadata())
+    store = load_store([ss])
+    data = SearchData(store=store.subset([*fold.train_ids, *fold.val_ids]), folds=[fold.for_search()],
+                      targets=("arousal", "valence", "dominance"))
+    return data, store, fold

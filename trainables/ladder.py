@@ -90,6 +90,22 @@ class LadderConfig:
         """One z-normalised functionals vector per utterance, every labelled training row once per epoch."""
         return Feed(examples=ExampleSpec.vector())
 
+    def unused_fields(self) -> frozenset[str]:
+        """Fields this variant's model never reads: left out of its MLflow params, so a ``dnn_mtl`` run shows no
+        ``noise_var`` and parallel coordinates compare only what a variant uses."""
+        unused = set()
+        if not self.is_ladder:
+            unused |= {"lambdas", "denoise_hidden"}
+            if self.variant != "dae":
+                unused.add("noise_var")
+        if self.variant != "dae":
+            unused.add("dae_pretrain_epochs")
+        if not self.is_mtl:
+            unused |= {"alpha", "beta"}
+        if self.is_mtl or self.variant == "dae":
+            unused.add("target")  # MTL and the DAE predict every attribute in the data
+        return frozenset(unused)
+
     @property
     def is_ladder(self) -> bool:
         return self.variant.startswith("ladder")

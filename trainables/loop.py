@@ -309,7 +309,8 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
             best, best_epoch, bad_epochs = metrics[metric], epoch + 1, 0
         else:
             bad_epochs += 1
-        metrics.update({f"best_{metric}": best, "best_epoch": best_epoch})
+        metrics.update({f"best_{metric}": best, "best_epoch": best_epoch,
+                        "early_stopped": bad_epochs >= int(loop["patience"])})
         state = None
         if improved:
             state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
@@ -384,19 +385,17 @@ def model_from_state(state: Mapping, fold_index: int = 0) -> tuple[SERModel, dic
     return model, {"mean": fold["mean"], "std": fold["std"], "normalization": fold.get("normalization", "zscore")}
 
 
-def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]], prefix: str = "test"
-                   ) -> dict[str, float]:
-    """Score a checkpoint state's fold models on the given rows of each fold (mean over folds).
+def state_evalsets(state: Mapping, store: FeatureStore, fold_ids: list[list[str]]) -> list[tuple[SERModel, EvalSet]]:
+    """Each fold's model of a checkpoint state (eval mode) and the evaluation set of that fold's given rows.
 
-    Used by the driver for test scoring: ``fold_ids[k]`` are fold k's test ids, read from its lockbox once. Targets
-    are encoded by the encoders the fold trained with (class lists, clusters, speakers: restored from the state), and
-    examples are made and pooled per utterance as in validation.
+    Targets are encoded by the encoders the fold trained with (class lists, clusters, speakers: restored from the
+    state), and examples are made and pooled per utterance as in validation.
     """
     family = get_family(state["config"]["family"])
     model_kwargs, _ = split_config(state["config"], family)
     feed = family_feed(family.config_cls(**model_kwargs))
     specs = [TargetSpec(t["name"], t["encoder"], dict(t["options"])) for t in state["targets"]]
-    per_fold = []
+    out = []
     for k, ids in enumerate(fold_ids):
         model, norm = model_from_state(state, k)
         encoders = build_encoders(specs, store, {"emotion": state.get("emotion_classes") or None},
@@ -404,9 +403,34 @@ def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]
         for target, enc in encoders.items():
             enc.load_state_dict(state["folds"][k]["encoders"][target])
         normalizer = Normalizer(norm["normalization"], norm["mean"].numpy(), norm["std"].numpy())
-        evalset = EvalSet(feed, store, labelled_only(store, store.rows(ids)), encoders, normalizer)
-        per_fold.append(evaluate(model, evalset, model.spec, torch.device("cpu"), prefix))
-    return mean_over_folds(per_fold)
+        out.append((model, EvalSet(feed, store, labelled_only(store, store.rows(ids)), encoders, normalizer)))
+    return out
+
+
+def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]], prefix: str = "test"
+                   ) -> dict[str, float]:
+    """Score a checkpoint state's fold models on the given rows of each fold (mean over folds).
+
+    Used by the driver for test scoring: ``fold_ids[k]`` are fold k's test ids, read from its lockbox once.
+    """
+    cpu = torch.device("cpu")
+    return mean_over_folds([evaluate(model, evalset, model.spec, cpu, prefix)
+                            for model, evalset in state_evalsets(state, store, fold_ids)])
+
+
+def state_predictions(state: Mapping, store: FeatureStore, fold_ids: list[list[str]]
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Utterance-level outputs and encoded labels of a state's fold models on the given rows, all folds stacked
+    (for predicted-vs-true plots and confusion matrices)."""
+    outputs: dict[str, list] = {}
+    labels: dict[str, list] = {}
+    cpu = torch.device("cpu")
+    for model, evalset in state_evalsets(state, store, fold_ids):
+        for key, value in predict_set(model, evalset, model.spec, cpu).items():
+            outputs.setdefault(key, []).append(value)
+        for key, value in evalset.labels.items():
+            labels.setdefault(key, []).append(np.asarray(value))
+    return ({k: np.concatenate(v) for k, v in outputs.items()}, {k: np.concatenate(v) for k, v in labels.items()})
 
 
 def config_dict(cfg) -> dict:

@@ -83,3 +83,30 @@ def test_table_marks_significant_improvements_over_the_baseline():
     assert "dnn_mtl" in csv_text and "Welch" in md
     with pytest.raises(ValueError, match="baseline"):
         format_table(values, ["arousal"], baseline="nope")
+
+
+def test_promote_cli_exits_0_on_a_no_op_and_1_on_a_refusal(registry, capsys):
+    from cluster.cli import main
+
+    uri, _, add = registry
+    add(0.612345678912)
+    assert main(["promote", "--model", "m", "--tracking-uri", uri]) == 0
+    assert main(["promote", "--model", "m", "--tracking-uri", uri]) == 0  # already champion: nothing to do
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "0.6123" in out and "0.612345" not in out
+    add(0.5)
+    assert main(["promote", "--model", "m", "--tracking-uri", uri]) == 1  # the gate refused it
+
+
+def test_table_csv_is_numeric():
+    values = {"dnn_mtl": {"val_ccc_arousal": [0.5, 0.7], "test_ccc_arousal": [0.4, 0.6]},
+              "ladder_mtl": {"val_ccc_arousal": [0.8]}}
+    _, csv_text = format_table(values, ["arousal"], baseline="dnn_mtl")
+    import csv
+    import io
+
+    rows = {r["variant"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+    assert float(rows["dnn_mtl"]["val_ccc_arousal.mean"]) == pytest.approx(0.6)
+    assert float(rows["dnn_mtl"]["val_ccc_arousal.std"]) == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert rows["ladder_mtl"]["test_ccc_arousal.mean"] == "" and rows["ladder_mtl"]["val_ccc_arousal.std"] == "0.0"
+    assert rows["dnn_mtl"]["val_ccc_arousal.better"] == "0"

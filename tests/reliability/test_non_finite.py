@@ -65,17 +65,8 @@ def breaking_family(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def search_data(msp_functionals):
-    from data_io import folds as folds_mod
-    from data_io import shards
-    from trainables.data import SearchData, load_store
-
-    out, _ = msp_functionals
-    ss = shards.open_shards(out / "msp_podcast" / "functionals")
-    (fold,) = folds_mod.build_folds("predefined", ss.metadata())
-    store = load_store([ss])
-    return SearchData(store=store.subset([*fold.train_ids, *fold.val_ids]), folds=[fold.for_search()],
-                      targets=("arousal",))
+def search_data(msp_search):
+    return msp_search[0]
 
 
 @pytest.mark.parametrize("how, says", [

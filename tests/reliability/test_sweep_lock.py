@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from cluster.lock import LOCK_FILE, SweepLock, SweepLockedError, lock_experiment
+from tests.cluster.helpers import write_config
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, EXPERIMENT, MODEL = "t_lock", "t_lock_exp", "t-lock-model"
@@ -169,23 +169,11 @@ def test_object_store_runs_unlocked_and_says_so(capsys):
 @pytest.fixture()
 def config(tmp_path, msp_functionals):
     out, _ = msp_functionals
-    cfg = {
-        "name": NAME,
-        "data": {"shards": [str(out / "msp_podcast" / "functionals")], "protocol": "predefined",
-                 "targets": ["arousal", "valence", "dominance"]},
-        "model": {"family": "ladder", "variants": ["ladder_mtl"], "fixed": {"hidden": [16, 16]}},
-        "search": {"sampler": "random", "num_samples": 2, "max_concurrent": 2, "scheduler": "none",
-                   "metric": "val_ccc_arousal", "mode": "max", "seed": 0},
-        "train": {"max_epochs": 2, "patience": 2, "batch_size": 64},
-        "repeats": {"seeds": 1},
-        "resources": {"cpu": 1, "gpu": 0, "max_failures": 0},
-        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": EXPERIMENT},
-        "registry": {"model_name": MODEL, "alias": "candidate"},
-        "storage": {"path": str(tmp_path / "ray_results")},
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path, out / "msp_podcast" / "functionals", **{
+        "name": NAME, "tracking.experiment": EXPERIMENT, "registry.model_name": MODEL,
+        "model.fixed": {"hidden": [16, 16]}, "search.sampler": "random", "search.num_samples": 2,
+        "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2, "repeats.seeds": 1,
+        "resources.max_failures": 0})
 
 
 def _client(tmp_path):

@@ -5,23 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_io import folds as folds_mod
-from data_io import shards
-from trainables.data import SearchData, load_store
 from trainables.loop import evaluate_state, run_trial
 
 TARGETS = ("arousal", "valence", "dominance")
 
 
 @pytest.fixture(scope="module")
-def search_data(msp_functionals):
-    out, _ = msp_functionals
-    ss = shards.open_shards(out / "msp_podcast" / "functionals")
-    (fold,) = folds_mod.build_folds("predefined", ss.metadata())
-    store = load_store([ss])
-    data = SearchData(store=store.subset([*fold.train_ids, *fold.val_ids]), folds=[fold.for_search()],
-                      targets=TARGETS)
-    return data, store, fold
+def search_data(msp_search):
+    return msp_search
 
 
 def _run(data, resume_state=None, **overrides):

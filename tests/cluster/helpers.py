@@ -1,0 +1,32 @@
+"""Shared by the cluster tests: a small sweep config over the synthetic MSP-Podcast functionals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def write_config(tmp_path: Path, shard_dir: Path, **overrides) -> Path:
+    cfg = {
+        "name": "t_sweep",
+        "data": {"shards": [str(shard_dir)], "protocol": "predefined", "targets": ["arousal", "valence", "dominance"]},
+        "model": {"family": "ladder", "variants": ["ladder_mtl"], "fixed": {"hidden": [32, 32]}},
+        "search": {"sampler": "tpe", "num_samples": 3, "max_concurrent": 2, "scheduler": "none",
+                   "metric": "val_ccc_arousal", "mode": "max", "seed": 0, "ranges": {"lr": [1e-3, 5e-3]}},
+        "train": {"max_epochs": 4, "patience": 4, "batch_size": 64},
+        "repeats": {"seeds": 2},
+        "resources": {"cpu": 1, "gpu": 0, "max_failures": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "t_exp"},
+        "registry": {"model_name": "t-model", "alias": "candidate"},
+        "storage": {"path": str(tmp_path / "ray_results")},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *head, last = dotted.split(".")
+        for key in head:
+            node = node[key]
+        node[last] = value
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
