@@ -217,8 +217,11 @@ def cmd_sweep(args: argparse.Namespace, *, show_table: bool = True) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from cluster import console
     from cluster.report import format_table, values_from_mlflow
     from cluster.tracking import resolve_tracking_uri
+
+    console.configure(verbose=False)
 
     values, targets = values_from_mlflow(args.experiment, resolve_tracking_uri(args.tracking_uri))
     md, table_csv = format_table(values, targets, baseline=args.baseline)

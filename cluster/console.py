@@ -26,6 +26,25 @@ def ray_log_level(verbose: bool) -> str:
     return "INFO" if verbose else "WARNING"
 
 
+def configure(verbose: bool) -> None:
+    """Quiet defaults through each library's own settings; a variable the user set is left as it is.
+
+    - Ray Tune: its new output engine prints an experiment banner and a results path even at ``verbose=0``; the
+      legacy reporter (``RAY_AIR_NEW_OUTPUT=0``) prints nothing at 0, so a quiet sweep uses it.
+    - MLflow: no per-artifact download bars (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``).
+    - Optuna: WARNING (no "A new study created" lines).
+    """
+    import os
+
+    import optuna
+
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def phase(name: str, detail: str = "") -> None:
     """A phase header: ``== search: 8 trials, 2 at a time (tpe, asha) ==``."""
     print(f"\n== {name}{': ' + detail if detail else ''} ==", flush=True)

@@ -24,6 +24,7 @@ result is not clipped: a model may predict slightly outside the scale, as it did
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -33,6 +34,11 @@ import torch
 
 INPUT_NAME = "features"
 MAX_BATCH_VALUES = 2**23  # about 32 MiB of float32 input per forward pass (as the training loop's evaluation)
+
+
+# predict() is unannotated on purpose (type hints would replace the named signature the model is logged with);
+# MLflow warns about that whenever a class like this is defined, here and wherever the model is loaded.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class EmotionModel(mlflow.pyfunc.PythonModel):

@@ -300,8 +300,10 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
         ValueError: A bad config (before anything starts), or another live run of this sweep holds its experiment
             folder (:class:`cluster.lock.SweepLockedError`, naming that run).
     """
+    from cluster import console
     from cluster.lock import lock_experiment
 
+    console.configure(verbose)
     overrides = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
     prep = prepare(config_path, overrides)  # everything that can fail on bad input fails before Ray starts
     _check_local_resources(prep.cfg, num_cpus)
@@ -385,19 +387,20 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             results = _run_search(prep, data, exp_dir, session)
             state["selected"] = select(results, cfg.search.metric, cfg.search.mode, cfg.train.select_per_variant)
             state["search_trials"] = len(results)
-            state["phase"] = "repeats"
-            _save_state(exp_dir, state)
+            # Logged before the phase moves on, so a driver killed in between logs them again (same paths and tags).
             _log_selection(session, state["selected"], cfg.search.metric)
             _log_search_plots(prep, exp_dir, session)
+            state["phase"] = "repeats"
+            _save_state(exp_dir, state)
         if state["phase"] == "repeats":
             n = len(state["selected"]) * int(cfg.repeats.seeds)
             console.phase("repeats", f"{len(state['selected'])} selected config(s) x {cfg.repeats.seeds} seeds = "
                                      f"{n} trials")
             repeats = _run_repeats(prep, data, state["selected"], session)
+            _log_validation_plots(prep, store, repeats, session)
             state["repeats"] = repeats
             state["phase"] = "test"
             _save_state(exp_dir, state)
-            _log_validation_plots(prep, store, repeats, session)
         if state["phase"] == "test":
             console.phase("test", "scoring each repeat's best checkpoint on the test rows, once")
             state["test"] = score_test_once(prep, store, state["repeats"], session)
@@ -586,8 +589,14 @@ STUDY_FILE = "optuna_study.db"
 
 
 def study_storage(prep: Prepared) -> str | None:
-    """Where the search's Optuna study lives: SQLite beside the experiment (``<storage>/<name>/optuna_study.db``,
-    open it with ``optuna-dashboard sqlite:///...``), or None (in memory) when the storage is an object store."""
+    """Where the search's Optuna study is written when the search ends: SQLite beside the experiment
+    (``<storage>/<name>/optuna_study.db``; ``optuna-dashboard sqlite:///...`` opens it), or None with an
+    object-store storage path.
+
+    During the search the study lives in memory inside Tune's searcher, pickled with each experiment snapshot: a
+    database updated ahead of the snapshot would disagree with it after a killed driver resumes (Optuna refuses
+    reports to a trial it already finished), so the database is rebuilt from the searcher's state instead.
+    """
     if "://" in str(prep.storage):
         return None
     return f"sqlite:///{Path(prep.storage) / prep.cfg.name / STUDY_FILE}"
@@ -613,13 +622,8 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
                         **prep.space_kwargs)
         sampler = (optuna.samplers.GridSampler(prep.grid, seed=int(cfg.search.seed)) if prep.grid
                    else _sampler(cfg))
-        url = study_storage(prep)
-        if url:
-            exp_dir.mkdir(parents=True, exist_ok=True)
         searcher = OptunaSearch(space, metric=cfg.search.metric, mode=cfg.search.mode, sampler=sampler,
-                                points_to_evaluate=prep.points or None,
-                                storage=optuna.storages.RDBStorage(url) if url else None,
-                                study_name=cfg.name if url else None)
+                                points_to_evaluate=prep.points or None)
         if cfg.search.scheduler == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=int(cfg.train.max_epochs),
                                       grace_period=min(int(cfg.search.grace_period), int(cfg.train.max_epochs)),
@@ -872,19 +876,40 @@ def _warn(message: str) -> None:
     print(f"emotune: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _log_search_plots(prep: Prepared, exp_dir: Path, session: Session) -> None:
-    """Optuna's optimisation history, parameter importances and parallel coordinates of the search, from the study
-    in its SQLite storage (which is also logged, as ``optuna/optuna_study.db``), on the parent run."""
+def export_study(prep: Prepared, exp_dir: Path):
+    """The search's Optuna study, rebuilt from the searcher state Tune keeps in the experiment folder and written
+    whole to :func:`study_storage` (replacing an earlier copy). Returns the SQLite study, or None without one."""
     import optuna
-
-    from cluster import plots
+    from ray.tune.search.optuna import OptunaSearch
 
     url = study_storage(prep)
     if url is None:
-        _warn("the Optuna study lives in memory with an object-store storage.path; no search plots")
+        return None
+    searcher = OptunaSearch(metric=prep.cfg.search.metric, mode=prep.cfg.search.mode)
+    searcher.restore_from_dir(str(exp_dir))
+    source = searcher._ot_study  # Ray's only handle on the study it ran (restored from searcher-state-*.pkl)
+    (exp_dir / STUDY_FILE).unlink(missing_ok=True)
+    study = optuna.create_study(storage=url, study_name=prep.cfg.name, directions=source.directions)
+    for trial in source.get_trials(deepcopy=False):
+        if not trial.state.is_finished():
+            continue
+        try:
+            study.add_trial(trial)
+        except ValueError as err:  # e.g. a COMPLETE trial whose value is NaN: not a result to show
+            _warn(f"Optuna trial {trial.number} not copied to {url}: {err}")
+    return study
+
+
+def _log_search_plots(prep: Prepared, exp_dir: Path, session: Session) -> None:
+    """Optuna's optimisation history, parameter importances and parallel coordinates of the search on the parent
+    run, drawn from the exported study (also logged, as ``optuna/optuna_study.db``)."""
+    from cluster import plots
+
+    study = export_study(prep, exp_dir)
+    if study is None:
+        _warn("storage.path is an object store: the Optuna study stays in Tune's searcher state; no search plots")
         return
-    session.client.set_tag(session.parent_id, "emotune.optuna_storage", url)
-    study = optuna.load_study(study_name=prep.cfg.name, storage=url)
+    session.client.set_tag(session.parent_id, "emotune.optuna_storage", study_storage(prep))
     pngs, skipped = plots.optuna_plots(study)
     for name, png in pngs.items():
         _log_png(session.client, session.parent_id, png, f"plots/search/{name}")

@@ -34,7 +34,6 @@ from cluster.mlflow_ui import (
 )
 
 SORTED = "orderByKey=tags.%60mlflow.runName%60&orderByAsc=true"
-CHILD_NAMES = ["dnn_mtl #01", "ladder_mtl #02", "ladder_mtl seed 0"]
 BROWSERS = ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
 SERVER_START_S = 90  # `mlflow ui` answers in ~10 s with one worker and no job runner; leave room on a busy machine
 
@@ -221,27 +220,6 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _make_store(db: Path, mark: bool = True) -> str:
-    """A sweep-like experiment: parent run ``demo`` and three child runs with params and per-epoch metrics."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{db}")
-    eid = client.create_experiment("demo")
-    if mark:
-        mark_training_experiment(client, eid)
-    parent = client.create_run(eid, run_name="demo", tags={"emotune.role": "sweep"})
-    for i, name in enumerate(CHILD_NAMES):
-        run = client.create_run(eid, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id,
-                                                          "emotune.role": "repeat" if "seed" in name else "search"})
-        client.log_param(run.info.run_id, "model.family", name.split()[0])
-        client.log_param(run.info.run_id, "lr", f"{1e-3 * (i + 1):g}")
-        for epoch in range(3):
-            client.log_metric(run.info.run_id, "val_ccc_mean", 0.2 + 0.1 * epoch + 0.01 * i, step=epoch)
-        client.set_terminated(run.info.run_id)
-    client.set_terminated(parent.info.run_id)
-    return eid
-
-
 def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -279,10 +257,17 @@ def _render(browser: str, url: str, out_dir: Path, budget_ms: int) -> tuple[str,
 
 
 @pytest.mark.slow
-def test_runs_url_shows_the_trial_runs_in_a_browser(browser, tmp_path, monkeypatch):
+def test_runs_url_shows_the_trial_runs_in_a_browser(browser, finished_sweep, tmp_path, monkeypatch):
+    """The store a real sweep left (``finished_sweep``), served by ``mlflow ui``, opened at the link it printed."""
+    from mlflow.tracking import MlflowClient
+
     monkeypatch.delenv("MLFLOW_PORT", raising=False)
-    db = tmp_path / "mlflow.db"
-    eid = _make_store(db)
+    db = finished_sweep.tmp / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    eid = client.get_experiment_by_name("t_exp").experiment_id
+    assert runs_url(f"sqlite:///{db}", eid) in finished_sweep.console  # the link the sweep printed (port 5000)
+    names = sorted({r.info.run_name for r in client.search_runs([eid], "tags.`emotune.role` != 'sweep'")})
+    assert len(names) >= 6
     port = _free_port()
     log = tmp_path / "mlflow-ui.log"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -300,9 +285,9 @@ def test_runs_url_shows_the_trial_runs_in_a_browser(browser, tmp_path, monkeypat
             out_dir = tmp_path / f"render{attempt}"
             out_dir.mkdir()
             dom, shot = _render(browser, url, out_dir, budget)
-            if all(name in dom for name in CHILD_NAMES):
+            if all(name in dom for name in names):
                 break
-        missing = [name for name in CHILD_NAMES if name not in dom]
+        missing = [name for name in names if name not in dom]
         assert not missing, f"run names {missing} not in the page rendered from {url}:\n{dom[-3000:]}"
         # The training runs table, not the GenAI pages: its title, its run count, the "Model registry" side link.
         assert f"<title>Runs - Experiment {eid} - MLflow</title>" in dom
