@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from cluster import sweep
-from tests.cluster.helpers import write_config
+from tests.cluster.helpers import tiny_sweep_config
 
 NAME, EXPERIMENT, MODEL = "t_guard", "t_guard_exp", "t-guard-model"
 
@@ -22,11 +22,7 @@ NAME, EXPERIMENT, MODEL = "t_guard", "t_guard_exp", "t-guard-model"
 @pytest.fixture()
 def config(tmp_path, msp_functionals):
     out, _ = msp_functionals
-    return write_config(tmp_path, out / "msp_podcast" / "functionals", **{
-        "name": NAME, "tracking.experiment": EXPERIMENT, "registry.model_name": MODEL,
-        "model.fixed": {"hidden": [16, 16]}, "search.sampler": "random", "search.num_samples": 2,
-        "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2, "repeats.seeds": 1,
-        "resources.max_failures": 0})
+    return tiny_sweep_config(tmp_path, out / "msp_podcast" / "functionals", NAME, EXPERIMENT, MODEL)
 
 
 def _trial(trial_id: str, score: float) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cluster.lock import LOCK_FILE, SweepLock, SweepLockedError, lock_experiment
-from tests.cluster.helpers import write_config
+from tests.cluster.helpers import tiny_sweep_config
 
 REPO = Path(__file__).resolve().parents[2]
 NAME, EXPERIMENT, MODEL = "t_lock", "t_lock_exp", "t-lock-model"
@@ -169,11 +169,7 @@ def test_object_store_runs_unlocked_and_says_so(capsys):
 @pytest.fixture()
 def config(tmp_path, msp_functionals):
     out, _ = msp_functionals
-    return write_config(tmp_path, out / "msp_podcast" / "functionals", **{
-        "name": NAME, "tracking.experiment": EXPERIMENT, "registry.model_name": MODEL,
-        "model.fixed": {"hidden": [16, 16]}, "search.sampler": "random", "search.num_samples": 2,
-        "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2, "repeats.seeds": 1,
-        "resources.max_failures": 0})
+    return tiny_sweep_config(tmp_path, out / "msp_podcast" / "functionals", NAME, EXPERIMENT, MODEL)
 
 
 def _client(tmp_path):
