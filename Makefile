@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/data_path.py
+	$(PY) benchmarks/center_loss.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cluster import ray_runtime  # noqa: F401  (sets the loopback / no-usage-stats environment before Ray loads)
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo_out", help="working folder for the corpus and shards")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--verbose", action="store_true", help="Ray Tune's full output during the sweep")
+    s.add_argument("--family", default="ladder", choices=sorted(DEMOS),
+                   help="which family's demo (synthetic corpus, feature sets and demo config) to run")
     s.set_defaults(func=cmd_demo)
     return p
 
@@ -218,14 +221,18 @@ def cmd_sweep(args: argparse.Namespace, *, show_table: bool = True) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cluster import console
-    from cluster.report import format_table, values_from_mlflow
+    from cluster.report import experiment_family, format_table, paper_tables, values_from_mlflow
     from cluster.tracking import resolve_tracking_uri
 
     console.configure(verbose=False)
 
-    values, targets = values_from_mlflow(args.experiment, resolve_tracking_uri(args.tracking_uri))
+    uri = resolve_tracking_uri(args.tracking_uri)
+    values, targets = values_from_mlflow(args.experiment, uri)
     md, table_csv = format_table(values, targets, baseline=args.baseline)
     print(md)
+    own = paper_tables(experiment_family(args.experiment, uri), values)
+    if own:
+        print(own)
     if args.csv:
         Path(args.csv).write_text(table_csv)
     return 0
@@ -241,26 +248,62 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0 if decision.promoted or decision.noop else 1
 
 
+@dataclass(frozen=True)
+class Demo:
+    """What ``emotune demo --family F`` synthesises, ingests and sweeps.
+
+    Attributes:
+        layout: Synthetic corpus layout (``emotune synth --layout``), also the corpus ingested.
+        features: Feature presets ingested; with several, the config's ``data.inputs`` get one each.
+        config: The demo sweep config in ``configs/``.
+        experiment: Its MLflow experiment (the report's).
+        baseline: Variant the report tests the others against.
+    """
+
+    layout: str
+    features: tuple[str, ...]
+    config: str
+    experiment: str
+    baseline: str | None = None
+
+
+DEMOS = {
+    "ladder": Demo("msp_podcast", ("functionals",), "demo.yaml", "demo", baseline="dnn_mtl"),
+    "center_loss": Demo("iemocap", ("mfcc", "logmel128"), "center_loss_demo.yaml", "center_loss_demo",
+                        baseline="s-logmel128"),
+}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's first command: synthetic MSP-Podcast-layout corpus -> shards -> sweep -> report."""
+    """The README's first command: a synthetic corpus in a real corpus's layout -> shards -> sweep -> report."""
+    import json
+
+    from data_io.synth import CORPUS_FOLDERS
+
+    demo = DEMOS[getattr(args, "family", None) or "ladder"]
     out = Path(args.out)
     corpus_root = out / "corpus"
-    if not (corpus_root / "MSP-Podcast").exists():
-        cmd_synth(argparse.Namespace(layout="msp_podcast", out=str(corpus_root), seed=args.seed, scale="small"))
+    if not (corpus_root / CORPUS_FOLDERS[demo.layout]).exists():
+        cmd_synth(argparse.Namespace(layout=demo.layout, out=str(corpus_root), seed=args.seed, scale="small"))
     shard_root = out / "shards"
-    cmd_ingest(argparse.Namespace(corpus="msp_podcast", root=str(corpus_root), out=str(shard_root),
-                                  features="functionals", manifest=None, workers=None, shard_size=64,
+    cmd_ingest(argparse.Namespace(corpus=demo.layout, root=str(corpus_root), out=str(shard_root),
+                                  features=",".join(demo.features), manifest=None, workers=None, shard_size=64,
                                   overwrite=False, feature_param=[], quiet=False))
-    cmd_shards(argparse.Namespace(path=str(shard_root / "msp_podcast" / "functionals"), verify=True))
-    config = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+    folders = {f: (shard_root / demo.layout / f).resolve() for f in demo.features}
+    for folder in folders.values():
+        cmd_shards(argparse.Namespace(path=str(folder), verify=True))
+    if len(folders) > 1:
+        data = "data.inputs=" + json.dumps({f: [str(d)] for f, d in folders.items()})
+    else:
+        data = f"data.shards=[{next(iter(folders.values()))}]"
+    config = Path(__file__).resolve().parent.parent / "configs" / demo.config
     cmd_sweep(argparse.Namespace(config=str(config), smoke=False, fresh=False, num_cpus=None,
                                  verbose=getattr(args, "verbose", False),
-                                 set=[f"data.shards=[{(shard_root / 'msp_podcast' / 'functionals').resolve()}]",
-                                      f"storage.path={(out / 'ray_results').resolve()}"]),
+                                 set=[data, f"storage.path={(out / 'ray_results').resolve()}"]),
               show_table=False)  # the report below prints the table once, with the significance marks
     print()
-    cmd_report(argparse.Namespace(experiment="demo", baseline="dnn_mtl", tracking_uri=None, csv=None))
-    print(_runs_hint("demo"))
+    cmd_report(argparse.Namespace(experiment=demo.experiment, baseline=demo.baseline, tracking_uri=None, csv=None))
+    print(_runs_hint(demo.experiment))
     return 0
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import optuna
     from matplotlib.axes import Axes
 
-__all__ = ["optuna_plots", "curves_plot", "scatter_plot", "confusion_plot"]
+__all__ = ["optuna_plots", "curves_plot", "scatter_plot", "confusion_plot", "tsne_plot"]
 
 FIGSIZE = (7.0, 4.5)
 DPI = 100
@@ -364,3 +364,70 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
+
+
+TSNE_POINTS_PER_CLASS = 250  # the center-loss paper's Figures 2-3: "randomly selected 250 points from each class"
+
+
+def sample_per_class(labels: np.ndarray, per_class: int = TSNE_POINTS_PER_CLASS, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``per_class`` random points of each class (all of a smaller class), sorted."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.append(idx if len(idx) <= per_class else rng.choice(idx, per_class, replace=False))
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, PCA initialisation) of ``(N, D)`` features; perplexity capped for small N."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, dtype=np.float64)
+    if len(x) < 3:
+        raise ValueError(f"t-SNE needs at least 3 points, got {len(x)}")
+    perplexity = float(min(30.0, max(1.0, (len(x) - 1) / 3.0)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def tsne_plot(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], class_names: Sequence[str], *,
+              title: str, per_class: int = TSNE_POINTS_PER_CLASS, seed: int = 0) -> bytes:
+    """Side-by-side 2-D t-SNE maps of hidden features coloured by class (the center-loss paper's Figures 2-3).
+
+    Args:
+        panels: ``{panel title: (features (N, D), class indices (N,))}``, e.g. ``{"S": ..., "S+C": ...}``.
+        class_names: Name of each class index.
+        title: Figure title.
+        per_class: Random points per class drawn from each panel's features (all when a class has fewer).
+        seed: Seeds the sampling and t-SNE, so the figure is reproducible.
+
+    Returns:
+        PNG bytes.
+
+    Raises:
+        ValueError: No panel, or a panel with fewer than 3 points or mismatched lengths.
+    """
+    if not panels:
+        raise ValueError("tsne_plot needs at least one panel")
+    n = len(panels)
+    fig = Figure(figsize=(3.6 * n + 0.6, 4.0), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    colours = matplotlib.colormaps["tab10"]
+    for ax, (name, (features, labels)) in zip(axes, panels.items(), strict=True):
+        features, labels = np.asarray(features), np.asarray(labels).astype(int)
+        if len(features) != len(labels):
+            raise ValueError(f"panel {name!r}: {len(features)} feature rows but {len(labels)} labels")
+        idx = sample_per_class(labels, per_class, seed)
+        xy = tsne_embedding(features[idx], seed)
+        for c in np.unique(labels[idx]):
+            sel = labels[idx] == c
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=8, color=colours(int(c) % 10),
+                       label=class_names[c] if c < len(class_names) else str(c))
+        ax.set_title(f"{name} (n={len(idx)})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].legend(loc="best", fontsize=8, markerscale=1.5)
+    fig.suptitle(title)
+    return _png(fig)

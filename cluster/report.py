@@ -121,10 +121,10 @@ def values_from_mlflow(experiment: str, tracking_uri: str) -> tuple[dict, list[s
     for run in parents:  # newest first
         objective = run.data.tags.get("objective", "")
         for (variant, column), seeds in _per_seed_values(client, run).items():
-            target = column.split("_", 2)[-1]
+            _, kind, target = (column.split("_", 2) + ["", ""])[:3]
             if target == "mean":  # val_ccc_mean is the MTL objective, not a target of its own
                 continue
-            if target not in targets:
+            if target not in targets and kind in ("ccc", "ua", "wa"):  # a target's columns, not e.g. mse_reconstruction
                 targets.append(target)
             targeted = objective.endswith(f"_{target}")
             if (variant, column) in owner and (owner[(variant, column)] or not targeted):
@@ -166,3 +166,77 @@ def _per_seed_values(client, run) -> dict[tuple[str, str], list[float]]:
             history = client.get_metric_history(run.info.run_id, key)
             out[(variant, column)] = [m.value for m in sorted(history, key=lambda m: m.step)]
     return out
+
+
+# ---- each family's own tables (the paper's layout) -----------------------------------------------------------
+
+def _split_arm(label: str) -> tuple[str, str]:
+    """``s_a_c-mfcc`` -> (``s_a_c``, ``mfcc``); a label without an input -> (label, "")."""
+    variant, _, input_name = label.partition("-")
+    return variant, input_name
+
+
+def _cell(xs: Sequence[float] | None, scale: float, digits: int) -> str:
+    if not xs:
+        return "–"
+    arr = np.asarray(xs, dtype=float) * scale
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return f"{arr.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+CENTER_LOSS_NAMES = {"s": "S", "s_a": "S+A", "s_c": "S+C", "s_a_c": "S+A+C", "a": "A"}
+
+
+def center_loss_tables(values: Values) -> str:
+    """The center-loss paper's Table 1 (test overall accuracy = WA and class accuracy = UA, %, per model and input)
+    and Table 2 (test reconstruction MSE x 1e-4 of A, S+A, S+A+C), mean ± std over seeds."""
+    arms = [(label, *_split_arm(label)) for label in values]
+    inputs = list(dict.fromkeys(i for _, _, i in arms))
+
+    def rows(variants: Sequence[str], cells) -> list[str]:
+        out = []
+        for input_name in inputs:
+            for v in variants:
+                label = f"{v}-{input_name}" if input_name else v
+                if label in values:
+                    out.append(f"| {CENTER_LOSS_NAMES[v]} | {input_name or '–'} | "
+                               + " | ".join(cells(values[label])) + " |")
+        return out
+
+    def seeds(per: Mapping) -> int:
+        return max((len(x) for x in per.values()), default=0)
+
+    t1 = rows(("s", "s_a", "s_c", "s_a_c"), lambda per: [_cell(per.get("test_wa_emotion"), 100, 1),
+                                                         _cell(per.get("test_ua_emotion"), 100, 1), str(seeds(per))])
+    t2 = rows(("a", "s_a", "s_a_c"), lambda per: [_cell(per.get("test_mse_reconstruction"), 1e4, 2),
+                                                  str(seeds(per))])
+    lines = ["Table 1: test accuracy (%), mean ± std over seeds (S = softmax, A = reconstruction, C = center loss)",
+             "", "| Model | Input | Overall accuracy (WA) | Class accuracy (UA) | seeds |", "|---|---|---|---|---|",
+             *t1, "", "Table 2: test reconstruction MSE (x 1e-4), mean ± std over seeds", "",
+             "| Model | Input | MSE (1e-4) | seeds |", "|---|---|---|---|", *t2]
+    return "\n".join(lines) + "\n"
+
+
+# family -> its paper's tables from the per-seed values; `emotune report` prints them after the generic table.
+PAPER_TABLES = {"center_loss": center_loss_tables}
+
+
+def paper_tables(family: str | None, values: Values) -> str:
+    """The family's own tables, or "" for a family without any."""
+    make = PAPER_TABLES.get(family or "")
+    return make(values) if make else ""
+
+
+def experiment_family(experiment: str, tracking_uri: str) -> str | None:
+    """The ``family`` tag of the newest finished sweep of an experiment (None when there is none)."""
+    from mlflow.tracking import MlflowClient
+
+    from cluster.tracking import ROLE_TAG
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].data.tags.get("family") if runs else None

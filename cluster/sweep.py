@@ -39,13 +39,24 @@ STATE_FILE = "emotune_sweep.json"
 SMOKE_OVERRIDES = {"search.num_samples": 2, "train.max_epochs": 2, "repeats.seeds": 2}
 
 
-def space_with_constants(trial, family_space, constants: dict, **space_kwargs) -> dict:
-    """The family's define-by-run space plus the sweep's constants (family, loop settings, fixed fields).
+def space_with_constants(trial, family_space, constants: dict, inputs: tuple[str, ...] = (), **space_kwargs) -> dict:
+    """The family's define-by-run space plus the sweep's constants (family, loop settings, fixed fields), and the
+    ``input`` feature set when ``data.inputs`` names several (one is a constant).
 
     Module-level (not a closure) so ``OptunaSearch.save`` pickles it by reference and ``Tuner.restore`` finds it
     (notes, pitfall 3).
     """
-    return {**family_space(trial, **space_kwargs), **constants}
+    out = {}
+    if inputs:
+        out["input"] = inputs[0] if len(inputs) == 1 else trial.suggest_categorical("input", list(inputs))
+    return {**out, **family_space(trial, **space_kwargs), **constants}
+
+
+def arm_label(config: dict) -> str:
+    """What selection, repeats and tables group trials by: the variant, and its input when inputs are searched
+    (``s_a_c-mfcc``; '-' keeps it a valid MLflow key and file name)."""
+    variant = str(config.get("variant", ""))
+    return f"{variant}-{config['input']}" if config.get("input") else variant
 
 
 @dataclass
@@ -54,7 +65,7 @@ class Prepared:
 
     cfg: object
     family: object
-    shard_sets: list
+    shard_sets: list  # the labelled shard sets (the first input's, with data.inputs)
     folds: list
     auxiliary: list  # (ShardSet, targets) per data.auxiliary entry
     manifest_hash: str
@@ -69,6 +80,15 @@ class Prepared:
     points: list = field(default_factory=list)
     fold_summary: list = field(default_factory=list)
     config_path: Path | None = None
+    inputs: dict = field(default_factory=dict)  # data.inputs: name -> its shard sets; empty without inputs
+
+    def input_sets(self) -> dict:
+        """``{input name: shard sets}``; ``{"": shard_sets}`` without ``data.inputs``."""
+        return self.inputs or {"": self.shard_sets}
+
+    def sets_of(self, config: dict) -> list:
+        """The labelled shard sets a trial config trains on."""
+        return self.input_sets()[config.get("input") or ""] if self.inputs else self.shard_sets
 
 
 def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
@@ -88,15 +108,21 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if overrides:
         cfg = cfg.with_overrides(overrides)
     family = get_family(cfg.model.family)
-    shard_sets = [_open(d, "data.shards") for d in cfg.resolved_shards(config_path.parent)]
+    inputs = {name: [_open(d, f"data.inputs.{name}") for d in dirs]
+              for name, dirs in cfg.resolved_inputs(config_path.parent).items()}
+    shard_sets = next(iter(inputs.values())) if inputs else [_open(d, "data.shards")
+                                                             for d in cfg.resolved_shards(config_path.parent)]
     auxiliary = [(_open(d, f"data.auxiliary[{i}].shards"), tuple(aux.targets))
                  for i, (d, aux) in enumerate(zip(cfg.resolved_auxiliary(config_path.parent), cfg.data.auxiliary,
                                                   strict=True))]
     meta = _concat_meta([ss.metadata() for ss in shard_sets])
-    _check_auxiliary(cfg, shard_sets, auxiliary)
+    _check_inputs(inputs, meta)
+    meta = filter_rows(meta, cfg.data.include, cfg.data.exclude)
+    for sets in (inputs or {"": shard_sets}).values():
+        _check_auxiliary(cfg, sets, auxiliary)
     _check_targets(cfg, shard_sets, auxiliary, meta)
     folds = _build_folds(cfg, meta)
-    every = shard_sets + [ss for ss, _ in auxiliary]
+    every = [ss for sets in (inputs or {"": shard_sets}).values() for ss in sets] + [ss for ss, _ in auxiliary]
     manifest_hash = every[0].content_hash if len(every) == 1 else _combined_hash(every)
 
     grid = None
@@ -116,7 +142,7 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     from trainables.loop import split_config
 
     try:
-        probe = space_with_constants(study.ask(), family.space, constants, **space_kwargs)
+        probe = space_with_constants(study.ask(), family.space, constants, tuple(inputs), **space_kwargs)
         model_kwargs, _ = split_config(probe, family)
         family.config_cls(**model_kwargs)
     except TypeError as err:  # a value of the wrong type (hidden: -5 where a list is expected) deep in the family
@@ -124,10 +150,13 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                          f"({err}); fixed: {fixed}") from None
     points = []
     for point in cfg.search.points_to_evaluate:
-        bad = sorted(set(point) - family.config_fields() - set(family.search_only))
+        bad = sorted(set(point) - family.config_fields() - set(family.search_only) - {"input"})
         if bad:
             raise ValueError(f"search.points_to_evaluate: keys {bad} are not {family.name} config fields")
-        family.config_cls(**{**model_kwargs, **point})  # e.g. alpha + beta > 1 fails here, not in a trial
+        if "input" in point and point["input"] not in inputs:
+            raise ValueError(f"search.points_to_evaluate: input {point['input']!r} is not in data.inputs "
+                             f"{list(inputs)}")
+        family.config_cls(**{k: v for k, v in {**model_kwargs, **point}.items() if k != "input"})
         points.append(family.warm_start(point, per_layer_lambda=cfg.search.per_layer_lambda)
                       if family.warm_start else dict(point))
 
@@ -135,6 +164,8 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if cfg.search.sampler == "grid":
         options = {k: v for k, v in space_kwargs.items() if k != "ranges"}
         grid = family.grid_space(**options)
+        if len(inputs) > 1:
+            grid["input"] = list(inputs)
         num_samples = int(np.prod([len(v) for v in grid.values()]))  # notes 1.4: num_samples = grid size
     storage = cfg.storage.path
     storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
@@ -155,7 +186,8 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                     tracking_uri=tracking_uri,
                     experiment=cfg.tracking.experiment or cfg.name,
                     model_name=cfg.registry.model_name or f"emotune-{family.name}", num_samples=num_samples,
-                    grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds), config_path=config_path)
+                    grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds), config_path=config_path,
+                    inputs=inputs)
 
 
 def _open(folder: Path, field: str):
@@ -168,6 +200,50 @@ def _open(folder: Path, field: str):
     shard_set = shards.open_shards(Path(folder), verify_checksums=True)
     shard_set.check_finite_metadata()
     return shard_set
+
+
+def _check_inputs(inputs: dict, meta) -> None:
+    """Every input must hold the same utterances (one corpus, several feature sets), so folds are the same."""
+    if len(inputs) < 2:
+        return
+    first_name = next(iter(inputs))
+    ids = set(meta.column("utt_id").to_pylist())
+    for name, sets in list(inputs.items())[1:]:
+        theirs = set(_concat_meta([ss.metadata() for ss in sets]).column("utt_id").to_pylist())
+        if theirs != ids:
+            only_first, only_theirs = sorted(ids - theirs), sorted(theirs - ids)
+            raise ValueError(f"data.inputs.{name}: its shards hold other utterances than data.inputs.{first_name} "
+                             f"({len(only_first)} only in {first_name}, e.g. {only_first[:3]}; {len(only_theirs)} only "
+                             f"in {name}, e.g. {only_theirs[:3]}); inputs must be feature sets of the same corpus "
+                             f"rows: ingest both from the same corpus folder")
+
+
+def filter_rows(meta, include: dict, exclude: dict):
+    """The labelled rows a sweep uses: those whose metadata column matches every ``include`` regex and no
+    ``exclude`` regex (``re.search``; null values never match), e.g. ``include: {utt_id: _impro}`` keeps
+    IEMOCAP's improvised dialogs. Rows filtered out are in no fold: never trained, validated or tested.
+
+    Raises:
+        ValueError: An unknown column, or no row left.
+    """
+    import re
+
+    import pyarrow as pa
+
+    if not include and not exclude:
+        return meta
+    keep = np.ones(meta.num_rows, dtype=bool)
+    for kind, rules in (("include", include), ("exclude", exclude)):
+        for column, pattern in rules.items():
+            if column not in meta.column_names:
+                raise ValueError(f"data.{kind}.{column}: no such metadata column; use one of {meta.column_names}")
+            rx = re.compile(pattern)
+            hit = np.array([v is not None and rx.search(str(v)) is not None for v in meta.column(column).to_pylist()])
+            keep &= hit if kind == "include" else ~hit
+    if not keep.any():
+        raise ValueError(f"data.include {include} / data.exclude {exclude} leave no row of the {meta.num_rows} "
+                         f"labelled utterances; loosen the patterns")
+    return meta.filter(pa.array(keep))
 
 
 def _check_auxiliary(cfg, shard_sets: list, auxiliary: list) -> None:
@@ -348,10 +424,11 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
     # workflowType (mlflow_ui.runs_url), so the printed link is what opens the runs table there.
     mlflow_ui.mark_training_experiment(client, experiment_id)
     static_tags = {"family": prep.family.name, "protocol": _protocol_tag(cfg), "data_manifest_hash": prep.manifest_hash,
-                   "feature_set": prep.shard_sets[0].manifest.feature_set, "git_commit": tracking.git_commit(),
+                   "feature_set": ",".join(sets[0].manifest.feature_set for sets in prep.input_sets().values()),
+                   "git_commit": tracking.git_commit(),
                    "sweep": cfg.name, "objective": cfg.search.metric,
                    **tracking.standard_tags(f"emotune sweep {_shown_path(prep.config_path)}")}
-    datasets = (tracking.dataset_inputs(prep.shard_sets, "training")
+    datasets = (tracking.dataset_inputs([ss for sets in prep.input_sets().values() for ss in sets], "training")
                 + tracking.dataset_inputs([ss for ss, _ in prep.auxiliary], "auxiliary"))
     parent_id = state.get("parent_run_id")
     if parent_id is None:
@@ -378,8 +455,11 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
     try:
         from trainables.data import load_store
 
-        store = load_store(prep.shard_sets, prep.auxiliary)
-        data = build_search_data(prep, store)
+        # One store per input (feature set); a trial reads the one its config's ``input`` names.
+        stores = {name: load_store(sets, prep.auxiliary) for name, sets in prep.input_sets().items()}
+        datas = {name: build_search_data(prep, store) for name, store in stores.items()}
+        data = datas if prep.inputs else datas[""]
+        store = StoreByInput(stores)
 
         if state["phase"] == "search":
             console.phase("search", f"{prep.num_samples} trials, {cfg.search.max_concurrent} at a time "
@@ -408,13 +488,17 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             client.set_tag(parent_id, "emotune.test_scored_at", state["test_scored_at"])
             state["phase"] = "register"
             _save_state(exp_dir, state)
-        from cluster.report import format_table, values_from_repeats
+        from cluster.report import format_table, paper_tables, values_from_repeats
 
-        table_md, table_csv = format_table(values_from_repeats(state["repeats"], state["test"]), cfg.data.targets)
+        values = values_from_repeats(state["repeats"], state["test"])
+        table_md, table_csv = format_table(values, cfg.data.targets)
+        own_tables = paper_tables(prep.family.name, values)
         if state["phase"] == "register":
             console.phase("register", f"the best repeat on {cfg.search.metric} -> {prep.model_name}")
             client.log_text(parent_id, table_md, "results/table.md")
             client.log_text(parent_id, table_csv, "results/table.csv")
+            if own_tables:
+                client.log_text(parent_id, own_tables, "results/paper_tables.md")
             state["model_version"] = register_best(prep, store, state["repeats"], session)
             state["phase"] = "done"
             _save_state(exp_dir, state)
@@ -426,7 +510,8 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
         if started:
             ray.shutdown()
     return SweepResult(parent_run_id=parent_id, experiment_id=experiment_id, selected=state["selected"],
-                       table_markdown=table_md, test=state["test"], model_version=state.get("model_version"),
+                       table_markdown=table_md + ("\n" + own_tables if own_tables else ""), test=state["test"],
+                       model_version=state.get("model_version"),
                        search_trials=state.get("search_trials", 0),
                        runs_url=mlflow_ui.runs_url(prep.tracking_uri, experiment_id),
                        ui_hint=mlflow_ui.ui_hint(prep.tracking_uri, experiment_id))
@@ -510,6 +595,21 @@ def _supersede(client, experiment_id: str, name: str, orphans: list, folder: str
         print(f"emotune: warning: MLflow parent run {old_id} of sweep {name!r} was still RUNNING although its "
               f"experiment folder has no sweep state ({why}); marked it and {children} running child run(s) FAILED "
               f"(tag {tracking.ABANDONED_TAG}); new parent run {parent_id}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class StoreByInput:
+    """The driver's decoded stores, one per input (``""`` without ``data.inputs``)."""
+
+    stores: dict
+
+    def of(self, config: dict):
+        return self.stores[config.get("input") or ""]
+
+
+def _store_for(store, config: dict):
+    """The store a repeat's config was trained on (``store`` is a FeatureStore or a :class:`StoreByInput`)."""
+    return store.of(config) if isinstance(store, StoreByInput) else store
 
 
 def build_search_data(prep: Prepared, store):
@@ -619,7 +719,7 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
         import optuna
 
         space = partial(space_with_constants, family_space=prep.family.space, constants=prep.constants,
-                        **prep.space_kwargs)
+                        inputs=tuple(prep.inputs), **prep.space_kwargs)
         sampler = (optuna.samplers.GridSampler(prep.grid, seed=int(cfg.search.seed)) if prep.grid
                    else _sampler(cfg))
         searcher = OptunaSearch(space, metric=cfg.search.metric, mode=cfg.search.mode, sampler=sampler,
@@ -658,7 +758,7 @@ def _collect(result_grid, metric: str, mode: str) -> list[dict]:
         epochs = [int(e) for e in df["epoch"]] if "epoch" in df else list(range(1, len(df) + 1))
         out.append({
             "trial_id": result.metrics.get("trial_id"), "config": _jsonable(config),
-            "variant": str(config.get("variant", "")),
+            "variant": arm_label(config),
             "best": {k: float(v) for k, v in best_row.items() if k.startswith("val_") and _finite(v)},
             "best_epoch": int(best_row.get("epoch", 0)),
             "epochs_run": int(df["epoch"].max()) if "epoch" in df else len(df),
@@ -829,9 +929,10 @@ def score_test_once(prep: Prepared, store, repeats: list[dict], session: Session
         if rep["checkpoint"] is None:
             continue
         state = load_state(rep["checkpoint"])
-        scores[rep["trial_id"]] = evaluate_state(state, store, test_ids, "test")
+        rep_store = _store_for(store, rep["config"])
+        scores[rep["trial_id"]] = evaluate_state(state, rep_store, test_ids, "test")
         if best_per_variant.get(rep["variant"]) is rep:
-            plotted[rep["variant"] or "model"] = (state, state_predictions(state, store, test_ids))
+            plotted[rep["variant"] or "model"] = (state, state_predictions(state, rep_store, test_ids))
     summary, rows = seed_summary(repeats, scores)
     now = int(time.time() * 1000)
     batch = [Metric(k, v, now, 0) for k, v in sorted(summary.items())]
@@ -842,7 +943,39 @@ def score_test_once(prep: Prepared, store, repeats: list[dict], session: Session
                     "test_lockbox_accesses.json")
     for variant, (state, (outputs, labels)) in plotted.items():
         _log_prediction_plots(client, parent_id, state, outputs, labels, f"plots/test/{variant}", "test")
+    _log_tsne(client, parent_id, plotted)
     return scores
+
+
+def _log_tsne(client, run_id: str, plotted: dict) -> None:
+    """t-SNE maps of the last hidden layer on test (models whose ``predict`` returns an ``embedding``): one figure
+    per input and class target, a panel per variant's best repeat, 250 random points per class (the center-loss
+    paper's Figures 2-3 compare its S and S+C panels)."""
+    from cluster import plots
+
+    groups: dict[tuple[str, str], dict] = {}
+    for arm, (state, (outputs, labels)) in sorted(plotted.items()):
+        if "embedding" not in outputs:
+            continue
+        config, kinds = state["config"], state["spec"].get("kinds", {})
+        for target in state["spec"]["targets"]:
+            if kinds.get(target) not in ("class", "soft") or f"{target}_mask" not in labels:
+                continue
+            mask = np.asarray(labels[f"{target}_mask"], dtype=bool)
+            truth = np.asarray(labels[target])[mask]
+            truth = truth.argmax(axis=-1) if truth.ndim == 2 else truth
+            names = state.get("classes", {}).get(target) or [str(i) for i in range(int(truth.max()) + 1)]
+            group = groups.setdefault((str(config.get("input") or "features"), target), {"names": names})
+            group[str(config.get("variant") or arm)] = (np.asarray(outputs["embedding"])[mask], truth.astype(int))
+    for (input_name, target), group in groups.items():
+        names = group.pop("names")
+        try:
+            png = plots.tsne_plot(group, names, title=f"t-SNE of the last hidden layer on test: {target}, "
+                                                      f"{input_name} input")
+        except ValueError as err:  # too few test utterances for a map
+            _warn(f"t-SNE plot for {input_name}/{target} skipped: {err}")
+            continue
+        _log_png(client, run_id, png, f"plots/tsne/tsne_{input_name}_{target}.png")
 
 
 def _best_per_variant(repeats: list[dict], metric: str, mode: str) -> dict:
@@ -939,7 +1072,7 @@ def _log_validation_plots(prep: Prepared, store, repeats: list[dict], session: S
         if not rep.get("run_id"):
             continue
         state = load_state(rep["checkpoint"])
-        outputs, labels = state_predictions(state, store, val_ids)
+        outputs, labels = state_predictions(state, _store_for(store, rep["config"]), val_ids)
         _log_prediction_plots(session.client, rep["run_id"], state, outputs, labels, "plots/validation",
                               "validation")
 
@@ -996,15 +1129,15 @@ def register_best(prep: Prepared, store, repeats: list[dict], session: Session) 
     state = load_state(best["checkpoint"])
     _check_finite_weights(state, best["trial_id"])
     # The registered model is fold 0's; for cross-validation protocols that is the first fold's model.
-    example = validation_example(state, store, list(prep.folds[0].val_ids))
-    manifest = prep.shard_sets[0].manifest
+    example = validation_example(state, _store_for(store, best["config"]), list(prep.folds[0].val_ids))
+    manifest = prep.sets_of(best["config"])[0].manifest
     seed = best["config"].get("seed", 0)
     variant = best["variant"] or prep.family.name
     tags = {"val_metric": metric, "val_mode": mode, "val_score": repr(best["best"][metric]),
             "data_manifest_hash": prep.manifest_hash, "sweep": cfg.name, "trial_id": best["trial_id"],
             "variant": best["variant"], "seed": str(seed), "parent_run_id": session.parent_id,
             "run_id": best.get("run_id") or "", "outputs": ",".join(output_spec(state)["columns"])}
-    description = describe(state, corpora=[ss.manifest.corpus for ss in prep.shard_sets],
+    description = describe(state, corpora=[ss.manifest.corpus for ss in prep.sets_of(best["config"])],
                            feature_set=manifest.feature_set, manifest_hash=prep.manifest_hash, metric=metric,
                            mode=mode, score=best["best"][metric], protocol=_protocol_tag(cfg), sweep=cfg.name,
                            variant=variant, seed=int(seed), trial_id=best["trial_id"])

@@ -122,8 +122,11 @@ def trial_index(trial) -> int:
 
 
 def trial_run_name(role: str, config: Mapping, index: int) -> str:
-    """A name a person can read: ``ladder_mtl #07`` for a search trial, ``ladder_mtl seed 2`` for a repeat."""
+    """A name a person can read: ``ladder_mtl #07`` for a search trial, ``ladder_mtl seed 2`` for a repeat
+    (``s_c mfcc #03`` when the sweep searches input feature sets)."""
     who = str(config.get("variant") or config.get("family") or "trial")
+    if config.get("input"):
+        who = f"{who} {config['input']}"
     if role == "repeat":
         return f"{who} seed {config.get('seed', 0)}"
     return f"{who} #{index:02d}"
@@ -252,7 +255,8 @@ class TrialRunLogger(tune.Callback):
         else:
             config = trial.config.get("repeat", trial.config)
             tags = {**self.tags, TRIAL_TAG: trial.trial_id, PARENT_TAG: self.parent_run_id, ROLE_TAG: self.role,
-                    "variant": str(config.get("variant", "")), "seed": str(config.get("seed", ""))}
+                    "variant": str(config.get("variant", "")), "seed": str(config.get("seed", "")),
+                    **({"input": str(config["input"])} if config.get("input") else {})}
             name = trial_run_name(self.role, config, trial_index(trial))
             run = client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id

@@ -4,8 +4,9 @@ Presets (:data:`PRESETS`), each a frozen :class:`FeatureConfig`:
 
 * ``logmel``: 64-band log-mel power, 25 ms Hann window / 10 ms hop (n_fft 512), ``log(mel + 1e-6)``; the
   usual SER front end. The center-loss paper's own mel spectrogram (arXiv 1906.08873: 128 mels, 2048-sample
-  Hann window and FFT, hop 512) is this preset with the overrides
-  ``{"n_mels": 128, "n_fft": 2048, "win_length": 2048, "hop_length": 512}``.
+  Hann window and FFT, hop 512) is the ``logmel128`` preset.
+* ``logmel128``: 128-band log-mel power, Hann window = FFT = 2048, hop 512 (center-loss paper, arXiv 1906.08873,
+  Sec. 3.2: its "mel spectrogram" input, frame-aligned with ``mfcc``).
 * ``mfcc``: 40 MFCCs, Hann window = FFT = 2048, hop 512 (center-loss paper, arXiv 1906.08873, Sec. 3.2),
   computed as the authors did, with librosa's defaults otherwise (128 mels, dB with top_db 80, orthonormal
   DCT-II); equal to ``librosa.feature.mfcc(y=y, sr=16000, n_mfcc=40, n_fft=2048, hop_length=512)``.
@@ -199,10 +200,14 @@ class FeatureConfig:
 PRESETS: dict[str, FeatureConfig] = {
     # The center-loss family's mel input (arXiv 1906.08873 feeds a mel spectrogram or MFCCs) on the common
     # 25 ms Hann / 10 ms SER framing, 64 bands, natural log with a 1e-6 floor. The paper's own framing
-    # (128 mels, 2048 / 512) is the override {"n_mels": 128, "n_fft": 2048, "win_length": 2048,
-    # "hop_length": 512}.
+    # (128 mels, 2048 / 512) is the logmel128 preset.
     "logmel": FeatureConfig(name="logmel", kind="logmel", n_fft=512, win_length=400, hop_length=160,
                             window="hann", n_mels=64, log_offset=1e-6, dtype="float16"),
+    # Center-loss paper (arXiv 1906.08873, Sec. 3.2), its mel spectrogram input: "128 ... coefficients per window"
+    # for the spectrogram, Hann window = FFT = 2048, hop 512, librosa's mel scale at 16 kHz; natural log with a
+    # 1e-6 floor (the family min-max scales its input to [0, 1], so the log's base does not matter).
+    "logmel128": FeatureConfig(name="logmel128", kind="logmel", n_fft=2048, win_length=2048, hop_length=512,
+                               window="hann", n_mels=128, log_offset=1e-6, dtype="float16"),
     # Center-loss paper (arXiv 1906.08873, Sec. 3.2): "Length of the hann and FFT windows is set to 2048,
     # while the hop-length ... is set to 512", "40 coefficients", librosa at 16 kHz; the rest are
     # librosa.feature.mfcc defaults.

@@ -26,16 +26,19 @@ from numbers import Real
 
 import optuna
 
+from searchspace.common import RangeKnob, Suggester, check_knobs, positive_log, unit_interval
+
 VARIANTS = ("dnn_stl", "dnn_mtl", "dae", "ladder_stl", "ladder_mtl")
 
-# (low, high) of every continuous knob; ``ranges`` overrides them. lr is searched on a log scale.
-RANGE_DEFAULTS: dict[str, tuple[float, float]] = {
-    "lr": (1e-5, 1e-2),  # paper: 5e-5
-    "dropout": (0.0, 0.6),  # paper: 0.5 (DNN, DAE) and 0.1 (ladders)
-    "noise_var": (0.05, 1.0),  # paper: 0.3
-    "alpha": (0.0, 1.0),  # arousal weight of Eq. 2
-    "beta_share": (0.0, 1.0),  # valence's share of 1 - alpha (search-only, see the module docstring)
+# Every continuous knob: default (low, high), scale and the rule a range obeys; ``ranges`` overrides the bounds.
+RANGE_KNOBS: dict[str, RangeKnob] = {
+    "lr": positive_log(1e-5, 1e-2),  # paper: 5e-5
+    "dropout": unit_interval(0.0, 0.6),  # paper: 0.5 (DNN, DAE) and 0.1 (ladders)
+    "noise_var": RangeKnob(0.05, 1.0, False, "0 <= low < high", lambda lo, hi: 0 <= lo < hi),  # paper: 0.3
+    "alpha": unit_interval(0.0, 1.0, open_top=False),  # arousal weight of Eq. 2
+    "beta_share": unit_interval(0.0, 1.0, open_top=False),  # valence's share of 1 - alpha (search-only)
 }
+RANGE_DEFAULTS: dict[str, tuple[float, float]] = {k: (v.low, v.high) for k, v in RANGE_KNOBS.items()}
 # Categorical knobs; ``grids`` overrides them. ``variant`` defaults to the ``variants`` argument.
 GRID_KNOBS = ("lambdas", "variant")
 LAMBDA_GRID = (0.1, 1.0, 10.0, 100.0)  # Section 4.3's grid for lambda_l
@@ -50,16 +53,6 @@ MAX_LAYERS = 16  # bound on per-layer lambdas, so SEARCH_ONLY_PARAMS can be a co
 SEARCH_ONLY_PARAMS: tuple[str, ...] = ("beta_share", *(f"lambda_{i}" for i in range(MAX_LAYERS)))
 
 DEFAULT_LAYERS = 3  # LadderConfig's hidden=(256, 256): input + 2 hidden layers, each with a reconstruction cost
-
-# knob -> (rule for its range, check of (low, high))
-_RANGE_RULES = {
-    "lr": ("0 < low < high", lambda lo, hi: 0 < lo < hi),
-    "dropout": ("0 <= low < high < 1", lambda lo, hi: 0 <= lo < hi < 1),
-    "noise_var": ("0 <= low < high", lambda lo, hi: 0 <= lo < hi),
-    "alpha": ("0 <= low < high <= 1", lambda lo, hi: 0 <= lo < hi <= 1),
-    "beta_share": ("0 <= low < high <= 1", lambda lo, hi: 0 <= lo < hi <= 1),
-}
-
 
 def space(trial: optuna.Trial, variants: Sequence[str] = ("ladder_mtl",), ranges: Mapping | None = None,
           grids: Mapping | None = None, per_layer_lambda: bool = False, n_layers: int | None = None,
@@ -90,24 +83,12 @@ def space(trial: optuna.Trial, variants: Sequence[str] = ("ladder_mtl",), ranges
     """
     fixed = {} if fixed is None else fixed
     bounds, choices, n_layers = _check(variants, ranges, grids, per_layer_lambda, n_layers, fixed)
-    out = dict(fixed)
-
-    def suggest(name: str, low: float | None = None, high: float | None = None, log: bool = False):
-        if name in fixed:
-            return fixed[name]
-        lo, hi = bounds[name]
-        out[name] = trial.suggest_float(name, lo if low is None else low, hi if high is None else high, log=log)
-        return out[name]
-
-    if "variant" in fixed:
-        variant = fixed["variant"]
-    elif len(choices["variant"]) > 1:
-        variant = out["variant"] = trial.suggest_categorical("variant", choices["variant"])
-    else:
-        variant = out["variant"] = choices["variant"][0]
+    suggester = Suggester(trial, bounds, choices, fixed, RANGE_KNOBS)
+    out, suggest = suggester.out, suggester.float
+    variant = suggester.variant()
     ladder = variant.startswith("ladder")
 
-    suggest("lr", log=True)
+    suggest("lr")
     suggest("dropout")
     if ladder or variant == "dae":
         suggest("noise_var")
@@ -201,43 +182,14 @@ def check_options(variants: Sequence[str] = ("ladder_mtl",), ranges: Mapping | N
 
 def _check(variants, ranges, grids, per_layer_lambda, n_layers, fixed) -> tuple[dict, dict, int]:
     """Validate the options; return (bounds per continuous knob, choices per categorical knob, n_layers)."""
-    ranges = {} if ranges is None else ranges
     grids = {} if grids is None else grids
-    unknown = sorted(set(ranges) - set(RANGE_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown range knob(s) {unknown}; valid: {sorted(RANGE_DEFAULTS)}")
-    unknown = sorted(set(grids) - set(GRID_KNOBS))
-    if unknown:
-        raise ValueError(f"unknown grid knob(s) {unknown}; valid: {list(GRID_KNOBS)}")
-    both = sorted(set(fixed) & (set(ranges) | set(grids)))
-    if both:
-        raise ValueError(f"knob(s) {both} are both fixed and searched; drop them from fixed or from ranges/grids")
-
-    bounds = dict(RANGE_DEFAULTS)
-    for name, pair in ranges.items():
-        rule, holds = _RANGE_RULES[name]
-        if (isinstance(pair, str | bytes) or not isinstance(pair, Sequence) or len(pair) != 2
-                or not all(isinstance(v, Real) and not isinstance(v, bool) for v in pair)):
-            raise ValueError(f"{name} range must be [low, high] with two numbers, got {pair!r}")
-        if not holds(*pair):
-            raise ValueError(f"{name} range must satisfy {rule}, got {tuple(pair)}")
-        bounds[name] = (float(pair[0]), float(pair[1]))
-
-    names = grids.get("variant", variants)
-    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
-        raise ValueError(f"variants must be a non-empty list of names from {list(VARIANTS)}, got {names!r}")
-    bad = [v for v in names if v not in VARIANTS]
-    if bad or len(set(names)) != len(names):
-        raise ValueError(f"variants must be distinct names from {list(VARIANTS)}, got {list(names)}")
     lambdas = grids.get("lambdas", LAMBDA_GRID)
     if (isinstance(lambdas, str) or not isinstance(lambdas, Sequence) or not lambdas
             or not all(isinstance(v, Real) and not isinstance(v, bool) and v >= 0 for v in lambdas)
             or len(set(lambdas)) != len(lambdas)):
         raise ValueError(f"lambdas grid must be a non-empty list of distinct numbers >= 0, got {lambdas!r}")
-    choices = {"variant": list(names), "lambdas": [float(v) for v in lambdas]}
-    if "variant" in fixed and fixed["variant"] not in VARIANTS:
-        raise ValueError(f"fixed variant must be one of {list(VARIANTS)}, got {fixed['variant']!r}")
-
+    bounds, choices = check_knobs(variants, VARIANTS, ranges, grids, fixed, RANGE_KNOBS, {"lambdas": LAMBDA_GRID})
+    choices["lambdas"] = [float(v) for v in choices["lambdas"]]
     if "beta" in fixed and "alpha" not in fixed and not bounds["alpha"][0] < 1.0 - fixed["beta"]:
         raise ValueError(f"alpha's low {bounds['alpha'][0]} must be < 1 - beta = {1.0 - fixed['beta']:g} "
                          f"(fixed beta={fixed['beta']}); lower the alpha range or beta")

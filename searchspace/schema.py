@@ -10,6 +10,12 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
     name: ladder_msp_podcast          # Ray Tune experiment folder and MLflow parent run name
     data:
       shards: [shards/msp_podcast/functionals]   # relative paths resolve against the config file's folder
+      inputs: {}                      # instead of shards: alternative feature sets of the same utterances, searched
+                                      # as the `input` parameter, e.g. {mfcc: [shards/iemocap/mfcc],
+                                      # logmel128: [shards/iemocap/logmel128]}; selection is per variant and input
+      include: {}                     # keep labelled rows whose metadata column matches a regex (re.search), e.g.
+                                      # {utt_id: _impro} keeps IEMOCAP's improvised dialogs
+      exclude: {}                     # drop labelled rows whose column matches a regex
       protocol: predefined            # predefined | loso | speaker_kfold | cross_corpus
       protocol_options: {}            # passed to the fold builder (k, seed, train_corpus, ...)
       corpus_protocols: {}            # per corpus: {callcenter: {protocol: random_kfold, k: 5}}; folds combine
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -41,20 +48,22 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from searchspace import ladder
+from searchspace import center_loss, ladder
 
 # Families the config may name. The registry in trainables/ is the source of truth; searchspace cannot import it
 # (torch), so a test checks the two agree.
 KNOWN_FAMILIES = ("ladder", "dcgan", "center_loss", "selective_mtl", "aae_mtl")
 # Variants per family; a family without an entry is not checked here.
-VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS}
+VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS, "center_loss": center_loss.VARIANTS}
 # Knobs each family's space accepts in search.ranges / search.grids; a family without an entry is not checked here.
 SPACE_KNOBS: dict[str, dict[str, tuple[str, ...]]] = {
     "ladder": {"ranges": tuple(ladder.RANGE_DEFAULTS), "grids": ladder.GRID_KNOBS},
+    "center_loss": {"ranges": tuple(center_loss.RANGE_DEFAULTS), "grids": center_loss.GRID_KNOBS},
 }
 # Each family's own check of its space options (variants, ranges, grids, per_layer_lambda, fixed); run when the
 # generic checks pass, so a range the space would reject (e.g. dropout [0, 1]) fails at load time.
-SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options}
+SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options,
+                                                 "center_loss": center_loss.check_options}
 # Fixed weight pairs whose sum must stay <= 1 (the ladder's Eq. 2 gives dominance 1 - alpha - beta).
 SUM_AT_MOST_ONE: dict[str, tuple[str, str]] = {"ladder": ("alpha", "beta")}
 
@@ -104,7 +113,10 @@ class AuxiliaryConfig(_Section):
 class DataConfig(_Section):
     """Which shards, how they are split into folds, and what is predicted."""
 
-    shards: list[str] = Field(min_length=1)
+    shards: list[str] = Field(default_factory=list)
+    inputs: dict[str, list[str]] = Field(default_factory=dict)
+    include: dict[str, str] = Field(default_factory=dict)
+    exclude: dict[str, str] = Field(default_factory=dict)
     protocol: Protocol = "predefined"
     protocol_options: dict[str, Any] = Field(default_factory=dict)
     corpus_protocols: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -127,6 +139,25 @@ class DataConfig(_Section):
         problems = []
         if any(not s.strip() for s in self.shards):
             problems.append((("shards",), "an empty path; give a shard folder"))
+        if not self.shards and not self.inputs:
+            problems.append((("shards",), "no shard folder; list the labelled shard sets, e.g. "
+                                          "[shards/iemocap/mfcc] (or name alternatives in data.inputs)"))
+        if self.shards and self.inputs:
+            problems.append((("inputs",), "data.shards and data.inputs are both set; with inputs, list every "
+                                          "feature set's folders under its input name and drop data.shards"))
+        for name, folders in self.inputs.items():
+            if not name.isidentifier():
+                problems.append((("inputs", name), "an input name must be letters, digits and '_' (it becomes "
+                                                   "part of variant labels and MLflow keys), e.g. mfcc"))
+            if not folders or any(not f.strip() for f in folders):
+                problems.append((("inputs", name), f"needs a non-empty list of shard folders, got {folders}"))
+        for kind, rules in (("include", self.include), ("exclude", self.exclude)):
+            for column, pattern in rules.items():
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    problems.append(((kind, column), f"{pattern!r} is not a regular expression ({err}); fix it, "
+                                                     f"e.g. '_impro' for IEMOCAP's improvised dialogs"))
         if len(set(self.targets)) != len(self.targets):
             problems.append((("targets",), f"duplicate targets in {self.targets}; list each once"))
         for t in self.targets:
@@ -359,8 +390,13 @@ class SweepConfig(_Section):
             raise ConfigError(_describe(err)) from None
 
     def resolved_shards(self, base: Path | str) -> list[Path]:
-        """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder)."""
-        return _resolve(self.data.shards, base)
+        """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder).
+        With ``data.inputs``, the first input's folders."""
+        return _resolve(self.data.shards or next(iter(self.data.inputs.values())), base)
+
+    def resolved_inputs(self, base: Path | str) -> dict[str, list[Path]]:
+        """``data.inputs`` as ``{input name: absolute folders}``; empty without inputs."""
+        return {name: _resolve(folders, base) for name, folders in self.data.inputs.items()}
 
     def resolved_auxiliary(self, base: Path | str) -> list[Path]:
         """``data.auxiliary[*].shards`` as absolute paths, resolved like :meth:`resolved_shards`."""

@@ -60,3 +60,14 @@ def msp_search(msp_functionals):
     data = SearchData(store=store.subset([*fold.train_ids, *fold.val_ids]), folds=[fold.for_search()],
                       targets=("arousal", "valence", "dominance"))
     return data, store, fold
+
+
+@pytest.fixture(scope="session")
+def iemocap_cl_shards(synth_corpora, tmp_path_factory):
+    """The center-loss family's two inputs of the synthetic IEMOCAP corpus: ``shard_root`` with
+    ``iemocap/mfcc`` and ``iemocap/logmel128``."""
+    from data_io.ingest import ingest
+
+    out = tmp_path_factory.mktemp("cl_shards")
+    ingest("iemocap", synth_corpora / "iemocap", out, ["mfcc", "logmel128"], shard_size=128)
+    return out

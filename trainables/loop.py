@@ -32,8 +32,9 @@ from trainables.base import DataSpec, SERModel
 from trainables.data import SearchData, build_encoders
 from trainables.registry import Family, get_family
 
-# Keys of a trial config that drive the loop rather than the model.
-LOOP_KEYS = ("family", "seed", "max_epochs", "patience", "batch_size", "metric", "mode")
+# Keys of a trial config that drive the loop rather than the model (``input``: which of ``data.inputs`` the trial's
+# data come from, chosen by the Ray edge).
+LOOP_KEYS = ("family", "seed", "max_epochs", "patience", "batch_size", "metric", "mode", "input")
 LOOP_DEFAULTS = {"seed": 0, "max_epochs": 50, "patience": 5, "batch_size": 256, "metric": "val_ccc_mean",
                  "mode": "max"}
 

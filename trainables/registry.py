@@ -10,8 +10,9 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from searchspace import center_loss as center_loss_space
 from searchspace import ladder as ladder_space
-from trainables import ladder
+from trainables import center_loss, ladder
 from trainables.base import SERModel
 
 
@@ -50,6 +51,9 @@ FAMILIES: dict[str, Family] = {
     "ladder": Family("ladder", ladder.LadderConfig, ladder.LadderModel, ladder_space.space,
                      search_only=tuple(ladder_space.SEARCH_ONLY_PARAMS), grid_space=ladder_space.grid_search_space,
                      grid_fixed=dict(ladder_space.PAPER_FIXED), warm_start=ladder_space.warm_start_params),
+    "center_loss": Family("center_loss", center_loss.CenterLossConfig, center_loss.CenterLossModel,
+                          center_loss_space.space, grid_space=center_loss_space.grid_search_space,
+                          grid_fixed=dict(center_loss_space.PAPER_FIXED)),
 }
 
 

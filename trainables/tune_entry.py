@@ -42,12 +42,18 @@ def _maybe_inject_fault(trial_id: str, epoch: int) -> None:
         raise RuntimeError(f"injected failure at epoch {epoch} ({FAULT_ENV})")
 
 
-def tune_trainable(config: dict, data: SearchData) -> None:
-    """Ray Tune function trainable. ``config`` is a flat trial config; repeat runs nest it under ``repeat``."""
+def tune_trainable(config: dict, data: SearchData | dict[str, SearchData]) -> None:
+    """Ray Tune function trainable. ``config`` is a flat trial config; repeat runs nest it under ``repeat``.
+
+    ``data`` is one :class:`SearchData`, or one per input feature set (``data.inputs``), of which the trial takes the
+    one its config's ``input`` names.
+    """
     import ray
     from ray import tune
 
     config = config.get("repeat", config)
+    if isinstance(data, dict):
+        data = data[config["input"]]
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"

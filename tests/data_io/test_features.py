@@ -46,6 +46,7 @@ def test_preset_table():
     table = {n: (c.n_fft, c.win_length, c.hop_length, feature_dim(c)) for n, c in PRESETS.items()}
     assert table["logmel"] == (512, 400, 160, 64)
     assert table["mfcc"] == (2048, 2048, 512, 40)
+    assert table["logmel128"] == (2048, 2048, 512, 128)
     assert table["fbank40"] == (512, 400, 160, 40)
     assert table["spectrogram"] == (512, 400, 160, 128)
     assert PRESETS["spectrogram"].window == "hamming" and PRESETS["mfcc"].window == "hann"
@@ -63,6 +64,13 @@ def test_logmel_matches_librosa_melspectrogram(voiced):
     mel = librosa.feature.melspectrogram(y=voiced, sr=SR, n_fft=512, win_length=400, hop_length=160,
                                          n_mels=64)
     np.testing.assert_allclose(ours, np.log(mel + 1e-6).T, atol=1e-4)
+
+
+def test_logmel128_is_the_center_loss_papers_mel_spectrogram(voiced):
+    ours = extract(voiced, PRESETS["logmel128"])
+    mel = librosa.feature.melspectrogram(y=voiced, sr=SR, n_fft=2048, hop_length=512, window="hann", n_mels=128)
+    np.testing.assert_allclose(ours, np.log(mel + 1e-6).T, atol=1e-3)
+    assert ours.shape[0] == extract(voiced, PRESETS["mfcc"]).shape[0]  # frame-aligned with the mfcc input
 
 
 def test_fbank40_follows_python_speech_features_conventions(voiced):

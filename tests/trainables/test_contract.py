@@ -13,9 +13,12 @@ from trainables.base import DataSpec
 from trainables.loop import split_config
 from trainables.registry import FAMILIES
 
-# family -> (tiny config fields, input shape, targets). A family missing here fails test_table_matches_registry.
+# family -> (tiny config fields, input shape, targets, class counts). A family missing here fails
+# test_table_matches_registry.
 FAMILY_CASES = {
-    "ladder": ({"hidden": (16, 16)}, (24,), ("arousal", "valence", "dominance")),
+    "ladder": ({"hidden": (16, 16)}, (24,), ("arousal", "valence", "dominance"), {}),
+    "center_loss": ({"filters": 4, "hidden": 8, "decoder_hidden": (16,), "frames": 24}, (24, 16), ("emotion",),
+                    {"emotion": 4}),
 }
 
 CASES = [(name, variant) for name in FAMILY_CASES for variant in VARIANTS[name]]
@@ -40,8 +43,8 @@ def _batch(spec: DataSpec, n: int = 8) -> dict:
 @pytest.mark.parametrize("family_name, variant", CASES)
 def test_model_contract(family_name, variant):
     family = FAMILIES[family_name]
-    fields, shape, targets = FAMILY_CASES[family_name]
-    spec = DataSpec(input_shape=shape, targets=targets)
+    fields, shape, targets, n_classes = FAMILY_CASES[family_name]
+    spec = DataSpec(input_shape=shape, targets=targets, n_classes=n_classes)
     torch.manual_seed(0)
     model = family.model_cls(family.config_cls(variant=variant, **fields), spec)
     batch = _batch(spec)
@@ -56,11 +59,15 @@ def test_model_contract(family_name, variant):
     assert math.isfinite(logs["loss"])
     model.eval()
     out = model.predict(batch)
-    assert out and set(out) <= set(targets)
+    predicted = [t for t in targets if t in out]  # other keys are the family's own outputs (an embedding, ...)
+    assert predicted
     for t, y in out.items():
-        assert y.shape == (8,) and torch.isfinite(y).all(), t
+        assert y.shape[0] == 8 and torch.isfinite(y).all(), t
+        if t in targets:
+            assert y.shape == ((8,) if spec.kind(t) == "regression" else (8, n_classes[t])), t
     exported = model(batch["x"])
-    assert exported.shape == (8, len(out))
+    width = sum(1 if spec.kind(t) == "regression" else n_classes[t] for t in predicted)
+    assert exported.shape == (8, width)
     assert model.example_input().shape == (2, *shape)
 
 
