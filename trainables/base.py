@@ -45,18 +45,26 @@ class DataSpec:
         n_classes: Number of classes per class or soft target, e.g. ``{"emotion": 4, "gender": 2}``.
         kinds: ``regression``, ``class`` or ``soft`` per target; a target not listed is ``regression`` when it is
             an attribute and ``class`` otherwise.
+        classes: Class names per class or soft target, in index order, when the encoders know them (e.g.
+            ``{"emotion": ("neutral", "happy", "sad", "angry")}``), so a model can find a class by name.
     """
 
     input_shape: tuple[int, ...]
     targets: tuple[str, ...]
     n_classes: dict[str, int] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
+    classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(int(s) <= 0 for s in self.input_shape):
             raise ValueError(f"input_shape must be non-empty with positive sizes, got {self.input_shape}")
         kinds = {t: self.kinds.get(t, "regression" if t in REGRESSION_TARGETS else "class") for t in self.targets}
         object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "classes", {t: tuple(str(c) for c in names) for t, names in self.classes.items()})
+        for t, names in self.classes.items():
+            if t in self.n_classes and len(names) != self.n_classes[t]:
+                raise ValueError(f"target {t!r} has {self.n_classes[t]} classes but {len(names)} class names "
+                                 f"{list(names)}")
         for t, kind in kinds.items():
             if kind not in TARGET_KINDS:
                 raise ValueError(f"target {t!r} has kind {kind!r}; kinds are {TARGET_KINDS}")

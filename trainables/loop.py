@@ -83,8 +83,10 @@ def data_spec(feed: Feed, store: FeatureStore, encoders: Mapping, targets: tuple
     """Sizes from the data: the example shape, each target's kind and class count (fitted encoders)."""
     kinds = {t: encoders[t].kind for t in targets}
     n_classes = {t: int(encoders[t].n_classes) for t in targets if kinds[t] != "regression"}
+    names = {t: c for t, c in class_names({t: encoders[t] for t in targets}).items() if t in n_classes
+             and len(c) == n_classes[t]}
     return DataSpec(input_shape=feed.examples.input_shape(store), targets=tuple(targets), n_classes=n_classes,
-                    kinds=kinds)
+                    kinds=kinds, classes=names)
 
 
 def eval_batch_size(spec: DataSpec) -> int:
@@ -235,7 +237,7 @@ class FoldRun:
 
 def _spec_dict(spec: DataSpec) -> dict:
     return {"input_shape": list(spec.input_shape), "targets": list(spec.targets), "n_classes": dict(spec.n_classes),
-            "kinds": dict(spec.kinds)}
+            "kinds": dict(spec.kinds), "classes": {t: list(c) for t, c in spec.classes.items()}}
 
 
 def _better(value: float, best: float | None, mode: str) -> bool:
@@ -370,7 +372,7 @@ class Standardized(torch.nn.Module):
 
 def _spec_from(d: Mapping) -> DataSpec:
     return DataSpec(input_shape=tuple(d["input_shape"]), targets=tuple(d["targets"]), n_classes=dict(d["n_classes"]),
-                    kinds=dict(d.get("kinds", {})))
+                    kinds=dict(d.get("kinds", {})), classes=dict(d.get("classes", {})))
 
 
 def model_from_state(state: Mapping, fold_index: int = 0) -> tuple[SERModel, dict]:
