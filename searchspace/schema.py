@@ -48,22 +48,25 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from searchspace import center_loss, ladder
+from searchspace import center_loss, ladder, selective_mtl
 
 # Families the config may name. The registry in trainables/ is the source of truth; searchspace cannot import it
 # (torch), so a test checks the two agree.
 KNOWN_FAMILIES = ("ladder", "dcgan", "center_loss", "selective_mtl", "aae_mtl")
 # Variants per family; a family without an entry is not checked here.
-VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS, "center_loss": center_loss.VARIANTS}
+VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS, "center_loss": center_loss.VARIANTS,
+                                        "selective_mtl": selective_mtl.VARIANTS}
 # Knobs each family's space accepts in search.ranges / search.grids; a family without an entry is not checked here.
 SPACE_KNOBS: dict[str, dict[str, tuple[str, ...]]] = {
     "ladder": {"ranges": tuple(ladder.RANGE_DEFAULTS), "grids": ladder.GRID_KNOBS},
     "center_loss": {"ranges": tuple(center_loss.RANGE_DEFAULTS), "grids": center_loss.GRID_KNOBS},
+    "selective_mtl": {"ranges": tuple(selective_mtl.RANGE_DEFAULTS), "grids": selective_mtl.GRID_KNOBS},
 }
 # Each family's own check of its space options (variants, ranges, grids, per_layer_lambda, fixed); run when the
 # generic checks pass, so a range the space would reject (e.g. dropout [0, 1]) fails at load time.
 SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options,
-                                                 "center_loss": center_loss.check_options}
+                                                 "center_loss": center_loss.check_options,
+                                                 "selective_mtl": selective_mtl.check_options}
 # Fixed weight pairs whose sum must stay <= 1 (the ladder's Eq. 2 gives dominance 1 - alpha - beta).
 SUM_AT_MOST_ONE: dict[str, tuple[str, str]] = {"ladder": ("alpha", "beta")}
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from searchspace import center_loss as center_loss_space
 from searchspace import ladder as ladder_space
-from trainables import center_loss, ladder
+from searchspace import selective_mtl as selective_mtl_space
+from trainables import center_loss, ladder, selective_mtl
 from trainables.base import SERModel
 
 
@@ -54,6 +55,9 @@ FAMILIES: dict[str, Family] = {
     "center_loss": Family("center_loss", center_loss.CenterLossConfig, center_loss.CenterLossModel,
                           center_loss_space.space, grid_space=center_loss_space.grid_search_space,
                           grid_fixed=dict(center_loss_space.PAPER_FIXED)),
+    "selective_mtl": Family("selective_mtl", selective_mtl.SelectiveMTLConfig, selective_mtl.SelectiveMTLModel,
+                            selective_mtl_space.space, grid_space=selective_mtl_space.grid_search_space,
+                            grid_fixed=dict(selective_mtl_space.PAPER_FIXED)),
 }
 
 

@@ -19,6 +19,8 @@ FAMILY_CASES = {
     "ladder": ({"hidden": (16, 16)}, (24,), ("arousal", "valence", "dominance"), {}),
     "center_loss": ({"filters": 4, "hidden": 8, "decoder_hidden": (16,), "frames": 24}, (24, 16), ("emotion",),
                     {"emotion": 4}),
+    "selective_mtl": ({"lstm_cells": 8, "attention_size": 8, "heads": 2, "fc1": 16, "fc2": 8, "frames": 12,
+                       "neutral_index": 0}, (12, 10), ("emotion", "style"), {"emotion": 4, "style": 2}),
 }
 
 CASES = [(name, variant) for name in FAMILY_CASES for variant in VARIANTS[name]]
