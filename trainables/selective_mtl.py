@@ -322,12 +322,14 @@ class SelectiveMTLModel(SERModel):
 
     def extra_metrics(self, outputs: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
                       meta: pa.Table) -> dict[str, float]:
-        """Per-class emotion accuracy (recall, Tables 4-5) as ``acc_emotion_class<k>`` for the classes present."""
+        """Per-class emotion accuracy (recall, Tables 4-5) of the classes present: ``acc_emotion_<class name>``
+        (``acc_emotion_class<k>`` when the data spec has no class names)."""
         post, y, mask = outputs.get("emotion"), labels.get("emotion"), labels.get("emotion_mask")
         if post is None or y is None or mask is None or not np.any(mask):
             return {}
         pred, y = np.asarray(post)[mask].argmax(axis=1), np.asarray(y)[mask].astype(np.int64)
-        return {f"acc_emotion_class{k}": float(np.mean(pred[y == k] == k))
+        names = self.spec.classes.get("emotion") or tuple(f"class{k}" for k in range(np.asarray(post).shape[1]))
+        return {f"acc_emotion_{names[k]}": float(np.mean(pred[y == k] == k))
                 for k in range(np.asarray(post).shape[1]) if np.any(y == k)}
 
 

@@ -248,3 +248,13 @@ def test_neutral_is_found_by_name_in_the_data_spec():
                     classes={"emotion": ("angry", "neutral", "sad", "happy"), "style": ("acted", "spontaneous")})
     assert build("selective_mtl", spec=spec, neutral_index=None).neutral_index == 1
     assert build("selective_mtl", spec=spec, neutral_index=2).neutral_index == 2  # an explicit index wins
+
+
+def test_per_class_accuracy_is_named_by_class():
+    spec = DataSpec(input_shape=(T, NF), targets=("emotion", "style"), n_classes={"emotion": C, "style": 2},
+                    classes={"emotion": ("neutral", "happy", "sad", "angry"), "style": ("acted", "spontaneous")})
+    model = build("combined", spec=spec)
+    post = np.array([[0.9, 0.1, 0, 0], [0.2, 0.8, 0, 0], [0.7, 0.3, 0, 0]])
+    labels = {"emotion": np.array([0, 1, 1]), "emotion_mask": np.ones(3, dtype=bool)}
+    assert model.extra_metrics({"emotion": post}, labels, None) == {"acc_emotion_neutral": 1.0,
+                                                                    "acc_emotion_happy": 0.5}
