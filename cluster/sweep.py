@@ -52,11 +52,20 @@ def space_with_constants(trial, family_space, constants: dict, inputs: tuple[str
     return {**out, **family_space(trial, **space_kwargs), **constants}
 
 
-def arm_label(config: dict) -> str:
-    """What selection, repeats and tables group trials by: the variant, and its input when inputs are searched
-    (``s_a_c-mfcc``; '-' keeps it a valid MLflow key and file name)."""
-    variant = str(config.get("variant", ""))
-    return f"{variant}-{config['input']}" if config.get("input") else variant
+def arm_label(config: dict, arm_params: tuple[str, ...] = ()) -> str:
+    """What selection, repeats and tables group trials by: the variant, its input when inputs are searched, and the
+    family's arm params (``Family.arm_params``: a true flag adds its name, another value ``<name><value>``), e.g.
+    ``s_a_c-mfcc``, ``mtl-half``; '-' keeps it a valid MLflow key and file name."""
+    parts = [str(config.get("variant", ""))]
+    if config.get("input"):
+        parts.append(str(config["input"]))
+    for name in arm_params:
+        value = config.get(name)
+        if value is True:
+            parts.append(name)
+        elif value not in (None, False):
+            parts.append(f"{name}{value}")
+    return "-".join(parts)
 
 
 @dataclass
@@ -739,10 +748,10 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
         )
     with console.Progress("search", prep.num_samples, cfg.search.metric, done=_finished_children(session, "search")):
         grid = tuner.fit()
-    return _collect(grid, cfg.search.metric, cfg.search.mode)
+    return _collect(grid, cfg.search.metric, cfg.search.mode, prep.family.arm_params)
 
 
-def _collect(result_grid, metric: str, mode: str) -> list[dict]:
+def _collect(result_grid, metric: str, mode: str, arm_params: tuple[str, ...] = ()) -> list[dict]:
     """One record per trial: its config, its best epoch's metrics (not its last), its best checkpoint path and its
     validation curve."""
     out = []
@@ -758,7 +767,7 @@ def _collect(result_grid, metric: str, mode: str) -> list[dict]:
         epochs = [int(e) for e in df["epoch"]] if "epoch" in df else list(range(1, len(df) + 1))
         out.append({
             "trial_id": result.metrics.get("trial_id"), "config": _jsonable(config),
-            "variant": arm_label(config),
+            "variant": arm_label(config, arm_params),
             "best": {k: float(v) for k, v in best_row.items() if k.startswith("val_") and _finite(v)},
             "best_epoch": int(best_row.get("epoch", 0)),
             "epochs_run": int(df["epoch"].max()) if "epoch" in df else len(df),
@@ -864,7 +873,7 @@ def _run_repeats(prep: Prepared, data, selected: dict, session: Session) -> list
             run_config=run_config,
         )
     with console.Progress("repeats", total, cfg.search.metric, done=_finished_children(session, "repeat")):
-        repeats = _collect(tuner.fit(), cfg.search.metric, cfg.search.mode)
+        repeats = _collect(tuner.fit(), cfg.search.metric, cfg.search.mode, prep.family.arm_params)
     for rep in repeats:
         rep["run_id"] = tracking.find_trial_run(session.client, session.experiment_id, session.parent_id,
                                                 rep["trial_id"])
@@ -966,7 +975,8 @@ def _log_tsne(client, run_id: str, plotted: dict) -> None:
             truth = truth.argmax(axis=-1) if truth.ndim == 2 else truth
             names = state.get("classes", {}).get(target) or [str(i) for i in range(int(truth.max()) + 1)]
             group = groups.setdefault((str(config.get("input") or "features"), target), {"names": names})
-            group[str(config.get("variant") or arm)] = (np.asarray(outputs["embedding"])[mask], truth.astype(int))
+            panel = "-".join(part for part in arm.split("-") if part != config.get("input")) or arm  # input: the figure
+            group[panel] = (np.asarray(outputs["embedding"])[mask], truth.astype(int))
     for (input_name, target), group in groups.items():
         names = group.pop("names")
         try:

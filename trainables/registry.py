@@ -33,6 +33,8 @@ class Family:
         grid_fixed: Values of the continuous knobs during grid search (the paper's), merged under ``fixed``.
         warm_start: ``warm_start(point, **options) -> point`` mapping config-field names to the space's
             Optuna parameter names (e.g. ``beta`` -> ``beta_share``).
+        arm_params: Config fields that, beside the variant (and input), make a row of the paper's tables: selection
+            and repeats are per value (e.g. the selective-MTL paper's ``half`` data setting).
     """
 
     name: str
@@ -43,6 +45,7 @@ class Family:
     grid_space: Callable | None = None
     grid_fixed: dict = dataclasses.field(default_factory=dict)
     warm_start: Callable | None = None
+    arm_params: tuple[str, ...] = ()
 
     def config_fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.config_cls)}
@@ -57,7 +60,7 @@ FAMILIES: dict[str, Family] = {
                           grid_fixed=dict(center_loss_space.PAPER_FIXED)),
     "selective_mtl": Family("selective_mtl", selective_mtl.SelectiveMTLConfig, selective_mtl.SelectiveMTLModel,
                             selective_mtl_space.space, grid_space=selective_mtl_space.grid_search_space,
-                            grid_fixed=dict(selective_mtl_space.PAPER_FIXED)),
+                            grid_fixed=dict(selective_mtl_space.PAPER_FIXED), arm_params=("half",)),
 }
 
 

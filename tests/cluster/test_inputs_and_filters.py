@@ -65,6 +65,19 @@ def test_inputs_are_searched_and_label_the_arms(iemocap_cl_shards, tmp_path):
     assert arm_label({"variant": "dnn_mtl"}) == "dnn_mtl"
 
 
+def test_family_arm_params_split_selection():
+    from cluster.sweep import select
+
+    assert arm_label({"variant": "mtl", "half": True}, ("half",)) == "mtl-half"
+    assert arm_label({"variant": "mtl", "half": False}, ("half",)) == "mtl"
+    assert arm_label({"variant": "mtl", "input": "fbank40", "heads": 4}, ("heads",)) == "mtl-fbank40-heads4"
+    results = [{"variant": arm_label({"variant": "mtl", "half": h}, ("half",)), "trial_id": f"t{i}",
+                "config": {"variant": "mtl", "half": h}, "best": {"val_ua_emotion": 0.5 + i / 10}, "best_epoch": 1}
+               for i, h in enumerate([False, True, False])]
+    chosen = select(results, "val_ua_emotion", "max", per_variant=True)
+    assert {k: v["trial_id"] for k, v in chosen.items()} == {"mtl": "t2", "mtl-half": "t1"}
+
+
 def test_inputs_of_other_utterances_are_refused(iemocap_cl_shards, msp_functionals, tmp_path):
     other = msp_functionals[0] / "msp_podcast" / "logmel"
     path = _center_loss_config(tmp_path, iemocap_cl_shards, **{
