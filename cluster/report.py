@@ -34,6 +34,12 @@ def metric_names(targets: Sequence[str]) -> list[str]:
     return names
 
 
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; 0 for one seed) over seeds, as every table cell shows them."""
+    arr = np.asarray(xs, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
 def format_table(values: Values, targets: Sequence[str], baseline: str | None = None,
                  alpha: float = 0.05) -> tuple[str, str]:
     """Markdown and CSV tables of mean +/- std per variant and column.
@@ -69,9 +75,9 @@ def format_table(values: Values, targets: Sequence[str], baseline: str | None = 
             if baseline and variant != baseline and len(values[baseline].get(col, ())) >= 2 and xs.size >= 2:
                 _, p = M.welch_one_tailed(xs, np.asarray(values[baseline][col], dtype=float))
                 mark = "*" if p < alpha else ""
-            std = float(xs.std(ddof=1)) if xs.size > 1 else 0.0
-            md.append(f"{xs.mean():.3f} ± {std:.3f}{mark}")
-            raw += [repr(float(xs.mean())), repr(std)] + ([str(int(bool(mark)))] if baseline else [])
+            mean, std = mean_std(xs)
+            md.append(f"{mean:.3f} ± {std:.3f}{mark}")
+            raw += [repr(mean), repr(std)] + ([str(int(bool(mark)))] if baseline else [])
         md_rows.append(md)
         csv_rows.append(raw)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -179,9 +185,8 @@ def _split_arm(label: str) -> tuple[str, str]:
 def _cell(xs: Sequence[float] | None, scale: float, digits: int) -> str:
     if not xs:
         return "–"
-    arr = np.asarray(xs, dtype=float) * scale
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-    return f"{arr.mean():.{digits}f} ± {std:.{digits}f}"
+    mean, std = mean_std(np.asarray(xs, dtype=float) * scale)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 CENTER_LOSS_NAMES = {"s": "S", "s_a": "S+A", "s_c": "S+C", "s_a_c": "S+A+C", "a": "A"}

@@ -97,7 +97,7 @@ class Prepared:
 
     def sets_of(self, config: dict) -> list:
         """The labelled shard sets a trial config trains on."""
-        return self.input_sets()[config.get("input") or ""] if self.inputs else self.shard_sets
+        return self.input_sets()[config.get("input") or ""]
 
 
 def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
@@ -127,11 +127,12 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     meta = _concat_meta([ss.metadata() for ss in shard_sets])
     _check_inputs(inputs, meta)
     meta = filter_rows(meta, cfg.data.include, cfg.data.exclude)
-    for sets in (inputs or {"": shard_sets}).values():
+    by_input = inputs or {"": shard_sets}
+    for sets in by_input.values():
         _check_auxiliary(cfg, sets, auxiliary)
     _check_targets(cfg, shard_sets, auxiliary, meta)
     folds = _build_folds(cfg, meta)
-    every = [ss for sets in (inputs or {"": shard_sets}).values() for ss in sets] + [ss for ss, _ in auxiliary]
+    every = [ss for sets in by_input.values() for ss in sets] + [ss for ss, _ in auxiliary]
     manifest_hash = every[0].content_hash if len(every) == 1 else _combined_hash(every)
 
     grid = None
@@ -468,7 +469,6 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
         stores = {name: load_store(sets, prep.auxiliary) for name, sets in prep.input_sets().items()}
         datas = {name: build_search_data(prep, store) for name, store in stores.items()}
         data = datas if prep.inputs else datas[""]
-        store = StoreByInput(stores)
 
         if state["phase"] == "search":
             console.phase("search", f"{prep.num_samples} trials, {cfg.search.max_concurrent} at a time "
@@ -486,13 +486,13 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             console.phase("repeats", f"{len(state['selected'])} selected config(s) x {cfg.repeats.seeds} seeds = "
                                      f"{n} trials")
             repeats = _run_repeats(prep, data, state["selected"], session)
-            _log_validation_plots(prep, store, repeats, session)
+            _log_validation_plots(prep, stores, repeats, session)
             state["repeats"] = repeats
             state["phase"] = "test"
             _save_state(exp_dir, state)
         if state["phase"] == "test":
             console.phase("test", "scoring each repeat's best checkpoint on the test rows, once")
-            state["test"] = score_test_once(prep, store, state["repeats"], session)
+            state["test"] = score_test_once(prep, stores, state["repeats"], session)
             state["test_scored_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             client.set_tag(parent_id, "emotune.test_scored_at", state["test_scored_at"])
             state["phase"] = "register"
@@ -508,7 +508,7 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             client.log_text(parent_id, table_csv, "results/table.csv")
             if own_tables:
                 client.log_text(parent_id, own_tables, "results/paper_tables.md")
-            state["model_version"] = register_best(prep, store, state["repeats"], session)
+            state["model_version"] = register_best(prep, stores, state["repeats"], session)
             state["phase"] = "done"
             _save_state(exp_dir, state)
         client.set_terminated(parent_id, "FINISHED")
@@ -606,19 +606,9 @@ def _supersede(client, experiment_id: str, name: str, orphans: list, folder: str
               f"(tag {tracking.ABANDONED_TAG}); new parent run {parent_id}", file=sys.stderr, flush=True)
 
 
-@dataclass
-class StoreByInput:
-    """The driver's decoded stores, one per input (``""`` without ``data.inputs``)."""
-
-    stores: dict
-
-    def of(self, config: dict):
-        return self.stores[config.get("input") or ""]
-
-
-def _store_for(store, config: dict):
-    """The store a repeat's config was trained on (``store`` is a FeatureStore or a :class:`StoreByInput`)."""
-    return store.of(config) if isinstance(store, StoreByInput) else store
+def _store_for(stores: dict, config: dict):
+    """The decoded store a config trained on: ``stores`` maps each input to its store (``""`` without inputs)."""
+    return stores[config.get("input") or ""]
 
 
 def build_search_data(prep: Prepared, store):
@@ -892,11 +882,11 @@ def seed_summary(repeats: list[dict], test: dict) -> tuple[dict[str, float], lis
                      "run_id": rep.get("run_id") or "", **metrics})
         for k, v in metrics.items():
             values.setdefault(f"{variant}.{k}", []).append(float(v))
+    from cluster.report import mean_std
+
     summary = {}
     for key, xs in values.items():
-        arr = np.asarray(xs, dtype=float)
-        summary[f"{key}.mean"] = float(arr.mean())
-        summary[f"{key}.std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        summary[f"{key}.mean"], summary[f"{key}.std"] = mean_std(xs)
     return summary, rows
 
 
@@ -915,7 +905,7 @@ def per_seed_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def score_test_once(prep: Prepared, store, repeats: list[dict], session: Session) -> dict:
+def score_test_once(prep: Prepared, stores: dict, repeats: list[dict], session: Session) -> dict:
     """Open each fold's test lockbox once and score every repeat's best checkpoint; log on the parent run only.
 
     The parent gets ``<variant>.<metric>.mean``/``.std`` over seeds for validation and test metrics, the per-seed
@@ -938,7 +928,7 @@ def score_test_once(prep: Prepared, store, repeats: list[dict], session: Session
         if rep["checkpoint"] is None:
             continue
         state = load_state(rep["checkpoint"])
-        rep_store = _store_for(store, rep["config"])
+        rep_store = _store_for(stores, rep["config"])
         scores[rep["trial_id"]] = evaluate_state(state, rep_store, test_ids, "test")
         if best_per_variant.get(rep["variant"]) is rep:
             plotted[rep["variant"] or "model"] = (state, state_predictions(state, rep_store, test_ids))
@@ -1061,7 +1051,7 @@ def _log_search_plots(prep: Prepared, exp_dir: Path, session: Session) -> None:
     session.client.log_artifact(session.parent_id, str(exp_dir / STUDY_FILE), artifact_path="optuna")
 
 
-def _log_validation_plots(prep: Prepared, store, repeats: list[dict], session: Session) -> None:
+def _log_validation_plots(prep: Prepared, stores: dict, repeats: list[dict], session: Session) -> None:
     """Validation curves of every repeat (per variant, on the parent) and, for each variant's best repeat, its
     validation predicted-vs-true plots and confusion matrices (on that repeat's run)."""
     from cluster import plots
@@ -1082,7 +1072,7 @@ def _log_validation_plots(prep: Prepared, store, repeats: list[dict], session: S
         if not rep.get("run_id"):
             continue
         state = load_state(rep["checkpoint"])
-        outputs, labels = state_predictions(state, _store_for(store, rep["config"]), val_ids)
+        outputs, labels = state_predictions(state, _store_for(stores, rep["config"]), val_ids)
         _log_prediction_plots(session.client, rep["run_id"], state, outputs, labels, "plots/validation",
                               "validation")
 
@@ -1119,7 +1109,7 @@ def _log_prediction_plots(client, run_id: str, state: dict, outputs: dict, label
             _log_png(client, run_id, png, f"{folder}/confusion_{target}.png")
 
 
-def register_best(prep: Prepared, store, repeats: list[dict], session: Session) -> str | None:
+def register_best(prep: Prepared, stores: dict, repeats: list[dict], session: Session) -> str | None:
     """Log the repeat with the best validation score as an MLflow model on that repeat's own run, register it,
     alias it ``candidate``.
 
@@ -1139,7 +1129,7 @@ def register_best(prep: Prepared, store, repeats: list[dict], session: Session) 
     state = load_state(best["checkpoint"])
     _check_finite_weights(state, best["trial_id"])
     # The registered model is fold 0's; for cross-validation protocols that is the first fold's model.
-    example = validation_example(state, _store_for(store, best["config"]), list(prep.folds[0].val_ids))
+    example = validation_example(state, _store_for(stores, best["config"]), list(prep.folds[0].val_ids))
     manifest = prep.sets_of(best["config"])[0].manifest
     seed = best["config"].get("seed", 0)
     variant = best["variant"] or prep.family.name

@@ -75,6 +75,19 @@ class DataSpec:
         """``regression``, ``class`` or ``soft``."""
         return self.kinds[target]
 
+    def require_frames(self, family: str, hint: str) -> None:
+        """Raise ValueError unless examples are frame matrices ``(T, F)``; ``hint`` says which feature set to use."""
+        if len(self.input_shape) != 2:
+            raise ValueError(f"the {family} family takes frame features of shape (T, F), got input_shape "
+                             f"{self.input_shape}; {hint}")
+
+    def require_class(self, target: str, family: str) -> None:
+        """Raise ValueError unless ``target`` is in the data as a class target."""
+        if target not in self.targets or self.kind(target) != "class":
+            raise ValueError(f"the {family} family classifies the class target {target!r}; the data targets are "
+                             f"{list(self.targets)} ({target} kind {self.kinds.get(target)!r}); add {target} with "
+                             f"the class encoder")
+
 
 class SERModel(nn.Module):
     """Base class of every family's model.

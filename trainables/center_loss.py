@@ -271,13 +271,8 @@ class CenterLossModel(SERModel):
     def __init__(self, cfg: CenterLossConfig, spec: DataSpec):
         super().__init__()
         self.cfg, self.spec = cfg, spec
-        if len(spec.input_shape) != 2:
-            raise ValueError(f"the center_loss family takes frame features of shape (T, F), got input_shape "
-                             f"{spec.input_shape}; use a frame feature set such as mfcc or logmel128")
-        if "emotion" not in spec.targets or spec.kind("emotion") != "class":
-            kind = spec.kinds.get("emotion")
-            raise ValueError(f"the center_loss family classifies the class target 'emotion'; the data targets are "
-                             f"{list(spec.targets)} (emotion kind {kind!r}); add emotion with the class encoder")
+        spec.require_frames("center_loss", "use a frame feature set such as mfcc or logmel128")
+        spec.require_class("emotion", "center_loss")
         frames, bins = (int(s) for s in spec.input_shape)  # T is cfg.frames when built by the loop
         n_classes = int(spec.n_classes["emotion"])
         self.trunk = ParallelConv((bins, frames), cfg.filters, cfg.kernels, cfg.pooling)

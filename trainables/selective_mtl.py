@@ -213,12 +213,8 @@ class SelectiveMTLModel(SERModel):
     def __init__(self, cfg: SelectiveMTLConfig, spec: DataSpec):
         super().__init__()
         self.cfg, self.spec = cfg, spec
-        if len(spec.input_shape) != 2:
-            raise ValueError(f"the selective_mtl family takes frame features of shape (T, F), got input_shape "
-                             f"{spec.input_shape}; use a frame feature set such as fbank40")
-        if "emotion" not in spec.targets or spec.kind("emotion") != "class":
-            raise ValueError(f"the selective_mtl family classifies the class target 'emotion'; the data targets are "
-                             f"{list(spec.targets)} (emotion kind {spec.kinds.get('emotion')!r})")
+        spec.require_frames("selective_mtl", "use a frame feature set such as fbank40")
+        spec.require_class("emotion", "selective_mtl")
         n_emotion = int(spec.n_classes["emotion"])
         if cfg.variant != "combined" and ("style" not in spec.targets or spec.kind("style") != "class"
                                           or spec.n_classes.get("style") != N_STYLES):
