@@ -44,6 +44,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/sweep_overhead.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/center_loss.py
+	$(PY) benchmarks/selective_mtl.py
+	$(PY) benchmarks/dcgan.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -99,7 +99,7 @@ def main(description: str, inputs: Mapping[str, tuple[int, int]], models: Sequen
     else:
         print("CUDA: not available, GPU figures skipped")
 
-    header = (f"| {'device':<28} | {'input':<16} | {'model':<13} | {'params':>10} | {'train utt/s':>11} | "
+    header = (f"| {'device':<28} | {'input':<26} | {'model':<15} | {'params':>10} | {'train utt/s':>11} | "
               f"{'ms/step':>8} | {'infer utt/s':>11} | {'ms/batch':>8} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -112,7 +112,7 @@ def main(description: str, inputs: Mapping[str, tuple[int, int]], models: Sequen
                 torch.manual_seed(0)
                 r = measure(build(model_name, shape), make_batch(shape, args.batch), device, warmup, min_steps,
                             min_seconds)
-                print(f"| {label:<28} | {input_name + ' ' + str(shape).replace(' ', ''):<16} | {model_name:<13} | "
+                print(f"| {label:<28} | {input_name + ' ' + str(shape).replace(' ', ''):<26} | {model_name:<15} | "
                       f"{r['params']:>10,} | {r['train']:>11.1f} | {r['train_ms']:>8.1f} | {r['infer']:>11.1f} | "
                       f"{r['infer_ms']:>8.1f} |", flush=True)
     torch.set_num_threads(threads_before)

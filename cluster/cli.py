@@ -221,7 +221,7 @@ def cmd_sweep(args: argparse.Namespace, *, show_table: bool = True) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from cluster import console
-    from cluster.report import experiment_family, format_table, paper_tables, values_from_mlflow
+    from cluster.report import best_model_confusion, experiment_family, format_table, paper_tables, values_from_mlflow
     from cluster.tracking import resolve_tracking_uri
 
     console.configure(verbose=False)
@@ -233,6 +233,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     own = paper_tables(experiment_family(args.experiment, uri), values)
     if own:
         print(own)
+    confusion = best_model_confusion(args.experiment, uri)
+    if confusion:
+        print(confusion)
     if args.csv:
         Path(args.csv).write_text(table_csv)
     return 0
@@ -250,60 +253,95 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True)
 class Demo:
-    """What ``emotune demo --family F`` synthesises, ingests and sweeps.
+    """A family's demo: its sweep config in ``configs/`` and the variant the report tests the others against.
 
-    Attributes:
-        layout: Synthetic corpus layout (``emotune synth --layout``), also the corpus ingested.
-        features: Feature presets ingested; with several, the config's ``data.inputs`` get one each.
-        config: The demo sweep config in ``configs/``.
-        experiment: Its MLflow experiment (the report's).
-        baseline: Variant the report tests the others against.
+    The config names its shard folders under ``../demo_out/shards/<corpus>/<preset>`` (``data.shards``,
+    ``data.inputs``, ``data.auxiliary``); ``emotune demo`` synthesises and ingests exactly those corpora and presets
+    (:data:`DEMO_CORPORA`) under ``--out`` and points the sweep there.
     """
 
-    layout: str
-    features: tuple[str, ...]
     config: str
-    experiment: str
     baseline: str | None = None
 
 
 DEMOS = {
-    "ladder": Demo("msp_podcast", ("functionals",), "demo.yaml", "demo", baseline="dnn_mtl"),
-    "center_loss": Demo("iemocap", ("mfcc", "logmel128"), "center_loss_demo.yaml", "center_loss_demo",
-                        baseline="s-logmel128"),
+    "ladder": Demo("demo.yaml", baseline="dnn_mtl"),
+    "center_loss": Demo("center_loss_demo.yaml", baseline="s-logmel128"),
+    "selective_mtl": Demo("selective_mtl_demo.yaml", baseline="separate"),
+    "dcgan": Demo("dcgan_demo.yaml", baseline="basic_cnn"),
 }
+# Shard folder name -> (synthetic layout, ingest adapter, csv corpus name).
+DEMO_CORPORA = {
+    "msp_podcast": ("msp_podcast", "msp_podcast", None),
+    "iemocap": ("iemocap", "iemocap", None),
+    "callcenter": ("callcenter", "csv", "callcenter"),
+    "librispeech": ("librispeech", "librispeech", None),
+    "ami": ("ami", "ami", None),
+    "msp_improv": ("msp_improv", "msp_improv", None),
+}
+DEMO_SHARDS = "../demo_out/shards/"  # how demo configs name their shard folders (relative to configs/)
+
+
+def demo_data(config_path: Path, shard_root: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """A demo config's shard folders: ``({corpus: [presets]}, --set overrides re-rooting them under shard_root)``."""
+    import json
+
+    import yaml
+
+    data = (yaml.safe_load(config_path.read_text()) or {}).get("data", {})
+    needed: dict[str, list[str]] = {}
+
+    def reroot(path: str) -> str:
+        if not path.startswith(DEMO_SHARDS):
+            raise ValueError(f"{config_path.name}: demo shard folders must start with {DEMO_SHARDS}, got {path!r}")
+        corpus, _, preset = path[len(DEMO_SHARDS):].partition("/")
+        if corpus not in DEMO_CORPORA:
+            raise ValueError(f"{config_path.name}: no synthetic corpus for shard folder {corpus!r}; "
+                             f"demo corpora: {sorted(DEMO_CORPORA)}")
+        needed.setdefault(corpus, [])
+        if preset not in needed[corpus]:
+            needed[corpus].append(preset)
+        return str((shard_root / corpus / preset).resolve())
+
+    sets = []
+    if data.get("shards"):
+        sets.append("data.shards=" + json.dumps([reroot(p) for p in data["shards"]]))
+    if data.get("inputs"):
+        sets.append("data.inputs=" + json.dumps({k: [reroot(p) for p in v] for k, v in data["inputs"].items()}))
+    if data.get("auxiliary"):
+        aux = [{"shards": a} if isinstance(a, str) else dict(a) for a in data["auxiliary"]]
+        sets.append("data.auxiliary=" + json.dumps([{**a, "shards": reroot(a["shards"])} for a in aux]))
+    return needed, sets
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's first command: a synthetic corpus in a real corpus's layout -> shards -> sweep -> report."""
-    import json
+    """The README's first command: synthetic corpora in real corpora's layouts -> shards -> sweep -> report."""
+    import yaml
 
     from data_io.synth import CORPUS_FOLDERS
 
     demo = DEMOS[getattr(args, "family", None) or "ladder"]
-    out = Path(args.out)
-    corpus_root = out / "corpus"
-    if not (corpus_root / CORPUS_FOLDERS[demo.layout]).exists():
-        cmd_synth(argparse.Namespace(layout=demo.layout, out=str(corpus_root), seed=args.seed, scale="small"))
-    shard_root = out / "shards"
-    cmd_ingest(argparse.Namespace(corpus=demo.layout, root=str(corpus_root), out=str(shard_root),
-                                  features=",".join(demo.features), manifest=None, workers=None, shard_size=64,
-                                  overwrite=False, feature_param=[], quiet=False))
-    folders = {f: (shard_root / demo.layout / f).resolve() for f in demo.features}
-    for folder in folders.values():
-        cmd_shards(argparse.Namespace(path=str(folder), verify=True))
-    if len(folders) > 1:
-        data = "data.inputs=" + json.dumps({f: [str(d)] for f, d in folders.items()})
-    else:
-        data = f"data.shards=[{next(iter(folders.values()))}]"
     config = Path(__file__).resolve().parent.parent / "configs" / demo.config
+    out = Path(args.out)
+    corpus_root, shard_root = out / "corpus", out / "shards"
+    needed, sets = demo_data(config, shard_root)
+    for corpus, presets in needed.items():
+        layout, adapter, name = DEMO_CORPORA[corpus]
+        if not (corpus_root / CORPUS_FOLDERS[layout]).exists():
+            cmd_synth(argparse.Namespace(layout=layout, out=str(corpus_root), seed=args.seed, scale="small"))
+        cmd_ingest(argparse.Namespace(corpus=adapter, name=name, root=str(corpus_root / CORPUS_FOLDERS[layout]),
+                                      out=str(shard_root), features=",".join(presets), manifest=None, workers=None,
+                                      shard_size=64, overwrite=False, feature_param=[], quiet=False))
+        for preset in presets:
+            cmd_shards(argparse.Namespace(path=str(shard_root / corpus / preset), verify=True))
     cmd_sweep(argparse.Namespace(config=str(config), smoke=False, fresh=False, num_cpus=None,
                                  verbose=getattr(args, "verbose", False),
-                                 set=[data, f"storage.path={(out / 'ray_results').resolve()}"]),
+                                 set=[*sets, f"storage.path={(out / 'ray_results').resolve()}"]),
               show_table=False)  # the report below prints the table once, with the significance marks
+    experiment = yaml.safe_load(config.read_text())["tracking"]["experiment"]
     print()
-    cmd_report(argparse.Namespace(experiment=demo.experiment, baseline=demo.baseline, tracking_uri=None, csv=None))
-    print(_runs_hint(demo.experiment))
+    cmd_report(argparse.Namespace(experiment=experiment, baseline=demo.baseline, tracking_uri=None, csv=None))
+    print(_runs_hint(experiment))
     return 0
 
 

@@ -39,16 +39,16 @@ STATE_FILE = "emotune_sweep.json"
 SMOKE_OVERRIDES = {"search.num_samples": 2, "train.max_epochs": 2, "repeats.seeds": 2}
 
 
-def space_with_constants(trial, family_space, constants: dict, inputs: tuple[str, ...] = (), **space_kwargs) -> dict:
-    """The family's define-by-run space plus the sweep's constants (family, loop settings, fixed fields), and the
-    ``input`` feature set when ``data.inputs`` names several (one is a constant).
+def space_with_constants(trial, family_space, constants: dict, choices: dict | None = None, **space_kwargs) -> dict:
+    """The family's define-by-run space plus the sweep's constants (family, loop settings, fixed fields) and the
+    driver's own choices: ``input`` (the feature set, when ``data.inputs`` names several) and searched loop
+    settings (``search.grids.batch_size``); a choice of one value is a constant.
 
     Module-level (not a closure) so ``OptunaSearch.save`` pickles it by reference and ``Tuner.restore`` finds it
     (notes, pitfall 3).
     """
-    out = {}
-    if inputs:
-        out["input"] = inputs[0] if len(inputs) == 1 else trial.suggest_categorical("input", list(inputs))
+    out = {name: values[0] if len(values) == 1 else trial.suggest_categorical(name, list(values))
+           for name, values in (choices or {}).items()}
     return {**out, **family_space(trial, **space_kwargs), **constants}
 
 
@@ -90,6 +90,7 @@ class Prepared:
     fold_summary: list = field(default_factory=list)
     config_path: Path | None = None
     inputs: dict = field(default_factory=dict)  # data.inputs: name -> its shard sets; empty without inputs
+    choices: dict = field(default_factory=dict)  # the driver's searched choices: input, batch_size -> values
 
     def input_sets(self) -> dict:
         """``{input name: shard sets}``; ``{"": shard_sets}`` without ``data.inputs``."""
@@ -109,7 +110,7 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     import optuna
 
     from data_io import folds as folds_mod
-    from searchspace.schema import load_sweep_config
+    from searchspace.schema import LOOP_GRIDS, load_sweep_config
     from trainables.registry import get_family
 
     config_path = Path(config_path)
@@ -117,6 +118,11 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if overrides:
         cfg = cfg.with_overrides(overrides)
     family = get_family(cfg.model.family)
+    unfed = [v for v in cfg.model.variants if v in family.needs_auxiliary]
+    if unfed and not cfg.data.auxiliary:
+        raise ValueError(f"data.auxiliary is empty, but the {family.name} variants {unfed} learn from unlabeled "
+                         f"rows: add an unlabeled shard set of the same feature set (data.auxiliary: [FOLDER], "
+                         f"e.g. made by `emotune ingest --corpus ami`), or drop them from model.variants")
     inputs = {name: [_open(d, f"data.inputs.{name}") for d in dirs]
               for name, dirs in cfg.resolved_inputs(config_path.parent).items()}
     shard_sets = next(iter(inputs.values())) if inputs else [_open(d, "data.shards")
@@ -141,18 +147,24 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
         if family.grid_space is None:
             raise ValueError(f"search.sampler: grid is not available for family {family.name!r}; use tpe or random")
         fixed = {**family.grid_fixed, **fixed}  # grid search covers categorical knobs; continuous ones are fixed
+    # Loop settings searched through search.grids (batch_size) are the driver's choices, not the family's knobs.
+    loop_grids = {k: list(v) for k, v in cfg.search.grids.items() if k in LOOP_GRIDS}
     space_kwargs = {"variants": tuple(cfg.model.variants), "ranges": dict(cfg.search.ranges),
-                    "grids": dict(cfg.search.grids), "per_layer_lambda": cfg.search.per_layer_lambda,
-                    "fixed": fixed}
+                    "grids": {k: v for k, v in cfg.search.grids.items() if k not in LOOP_GRIDS},
+                    "per_layer_lambda": cfg.search.per_layer_lambda, "fixed": fixed}
     constants = {"family": family.name, "seed": int(cfg.search.seed), "max_epochs": int(cfg.train.max_epochs),
-                 "patience": int(cfg.train.patience), "batch_size": int(cfg.train.batch_size),
-                 "metric": cfg.search.metric, "mode": cfg.search.mode}
+                 "patience": int(cfg.train.patience), "early_stopping": cfg.train.early_stopping,
+                 "lr_schedule": cfg.train.lr_schedule, "lr_factor": cfg.train.lr_factor, "min_lr": cfg.train.min_lr,
+                 "batch_size": int(cfg.train.batch_size), "metric": cfg.search.metric, "mode": cfg.search.mode}
+    for name in loop_grids:
+        del constants[name]
+    choices = {**({"input": list(inputs)} if inputs else {}), **loop_grids}
     # Sample the space once (a throwaway study) so bad ranges fail now, and check the config builds.
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     from trainables.loop import split_config
 
     try:
-        probe = space_with_constants(study.ask(), family.space, constants, tuple(inputs), **space_kwargs)
+        probe = space_with_constants(study.ask(), family.space, constants, choices, **space_kwargs)
         model_kwargs, _ = split_config(probe, family)
         family.config_cls(**model_kwargs)
     except TypeError as err:  # a value of the wrong type (hidden: -5 where a list is expected) deep in the family
@@ -160,13 +172,15 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                          f"({err}); fixed: {fixed}") from None
     points = []
     for point in cfg.search.points_to_evaluate:
-        bad = sorted(set(point) - family.config_fields() - set(family.search_only) - {"input"})
+        bad = sorted(set(point) - family.config_fields() - set(family.search_only) - set(choices))
         if bad:
             raise ValueError(f"search.points_to_evaluate: keys {bad} are not {family.name} config fields")
-        if "input" in point and point["input"] not in inputs:
-            raise ValueError(f"search.points_to_evaluate: input {point['input']!r} is not in data.inputs "
-                             f"{list(inputs)}")
-        family.config_cls(**{k: v for k, v in {**model_kwargs, **point}.items() if k != "input"})
+        for name in sorted(set(point) & set(choices)):
+            if point[name] not in choices[name]:
+                where = "data.inputs" if name == "input" else f"search.grids.{name}"
+                raise ValueError(f"search.points_to_evaluate: {name} {point[name]!r} is not in {where} "
+                                 f"{list(choices[name])}")
+        family.config_cls(**{k: v for k, v in {**model_kwargs, **point}.items() if k not in choices})
         points.append(family.warm_start(point, per_layer_lambda=cfg.search.per_layer_lambda)
                       if family.warm_start else dict(point))
 
@@ -174,8 +188,7 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if cfg.search.sampler == "grid":
         options = {k: v for k, v in space_kwargs.items() if k != "ranges"}
         grid = family.grid_space(**options)
-        if len(inputs) > 1:
-            grid["input"] = list(inputs)
+        grid.update({name: values for name, values in choices.items() if len(values) > 1})
         num_samples = int(np.prod([len(v) for v in grid.values()]))  # notes 1.4: num_samples = grid size
     storage = cfg.storage.path
     storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
@@ -197,7 +210,7 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                     experiment=cfg.tracking.experiment or cfg.name,
                     model_name=cfg.registry.model_name or f"emotune-{family.name}", num_samples=num_samples,
                     grid=grid, points=points, fold_summary=folds_mod.fold_summary(folds), config_path=config_path,
-                    inputs=inputs)
+                    inputs=inputs, choices=choices)
 
 
 def _open(folder: Path, field: str):
@@ -393,9 +406,17 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     overrides = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
     prep = prepare(config_path, overrides)  # everything that can fail on bad input fails before Ray starts
     _check_local_resources(prep.cfg, num_cpus)
-    # The lock comes before the state file, MLflow and Ray: two runs of one sweep would double its trials and runs.
-    with lock_experiment(prep.storage, prep.cfg.name) as lock:
-        return _run_locked(prep, fresh=fresh, num_cpus=num_cpus, locked=lock.held, verbose=verbose)
+    # mlflow.set_tracking_uri (model logging needs it) also exports MLFLOW_TRACKING_URI; put back what the caller
+    # had, so a later sweep in this process without tracking.uri logs where its own default says, not here.
+    caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        # The lock comes before the state file, MLflow and Ray: two runs of one sweep would double its trials.
+        with lock_experiment(prep.storage, prep.cfg.name) as lock:
+            return _run_locked(prep, fresh=fresh, num_cpus=num_cpus, locked=lock.held, verbose=verbose)
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(caller_uri)
 
 
 @dataclass
@@ -625,9 +646,9 @@ def build_search_data(prep: Prepared, store):
 
 
 def _protocol_tag(cfg) -> str:
-    if not cfg.data.corpus_protocols:
-        return cfg.data.protocol
-    return "+".join(f"{c}:{e.get('protocol')}" for c, e in sorted(cfg.data.corpus_protocols.items()))
+    # The corpora without an entry of their own follow data.protocol: "loso+callcenter:random_kfold".
+    own = [f"{c}:{e.get('protocol')}" for c, e in sorted(cfg.data.corpus_protocols.items())]
+    return "+".join([cfg.data.protocol, *own])
 
 
 def _classes(cfg) -> dict:
@@ -718,7 +739,7 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
         import optuna
 
         space = partial(space_with_constants, family_space=prep.family.space, constants=prep.constants,
-                        inputs=tuple(prep.inputs), **prep.space_kwargs)
+                        choices=prep.choices, **prep.space_kwargs)
         sampler = (optuna.samplers.GridSampler(prep.grid, seed=int(cfg.search.seed)) if prep.grid
                    else _sampler(cfg))
         searcher = OptunaSearch(space, metric=cfg.search.metric, mode=cfg.search.mode, sampler=sampler,
@@ -917,6 +938,7 @@ def score_test_once(prep: Prepared, stores: dict, repeats: list[dict], session: 
     """
     from mlflow.entities import Metric
 
+    from cluster.report import BEST_CONFUSION
     from trainables.loop import evaluate_state, state_predictions
     from trainables.tune_entry import load_state
 
@@ -940,8 +962,17 @@ def score_test_once(prep: Prepared, stores: dict, repeats: list[dict], session: 
     client.log_text(parent_id, per_seed_csv(rows), "results/per_seed.csv")
     client.log_text(parent_id, json.dumps({"accesses": [f.test.accesses for f in prep.folds]}, default=str),
                     "test_lockbox_accesses.json")
+    metric, mode = prep.cfg.search.metric, prep.cfg.search.mode
+    best_arm = (max if mode == "max" else min)(best_per_variant, key=lambda v: best_per_variant[v]["best"][metric],
+                                               default=None)
     for variant, (state, (outputs, labels)) in plotted.items():
-        _log_prediction_plots(client, parent_id, state, outputs, labels, f"plots/test/{variant}", "test")
+        tables = _log_prediction_plots(client, parent_id, state, outputs, labels, f"plots/test/{variant}", "test")
+        if variant == (best_arm or "model") and tables:
+            # The paper-style "confusion matrix of the best model": the arm that wins on validation, on test.
+            text = "".join(f"Test confusion matrix of {target}, best model `{variant}` (selected on validation "
+                           f"{metric}; rows: true class, columns: predicted)\n\n{table}\n"
+                           for target, table in tables.items())
+            client.log_text(parent_id, text, BEST_CONFUSION)  # `emotune report` prints it
     _log_tsne(client, parent_id, plotted)
     return scores
 
@@ -1078,16 +1109,23 @@ def _log_validation_plots(prep: Prepared, stores: dict, repeats: list[dict], ses
 
 
 def _log_prediction_plots(client, run_id: str, state: dict, outputs: dict, labels: dict, folder: str,
-                          split: str) -> None:
+                          split: str) -> dict[str, str]:
     """Predicted vs true per regression target (on the corpus's rating scale) and a confusion matrix per class or
-    soft target, over the utterances that carry the label."""
+    soft target (a picture and a markdown table), over the utterances that carry the label.
+
+    Returns:
+        ``{target: confusion table (markdown)}`` of the class and soft targets.
+    """
     from cluster import plots
     from cluster.export import output_spec
+    from cluster.report import confusion_table
+    from trainables import metrics as M
 
     spec = state["spec"]
     kinds = spec.get("kinds", {})
     scales = {e["name"]: tuple(e["scale"]) for e in output_spec(state)["targets"]
               if e["kind"] == "regression" and e["scale"]}
+    tables = {}
     for target in spec["targets"]:
         if target not in outputs:
             continue
@@ -1107,6 +1145,10 @@ def _log_prediction_plots(client, run_id: str, state: dict, outputs: dict, label
             png = plots.confusion_plot(pred.argmax(axis=-1), truth.astype(int), names,
                                        title=f"{target}: confusion matrix ({split})")
             _log_png(client, run_id, png, f"{folder}/confusion_{target}.png")
+            counts = M.confusion_matrix(pred.argmax(axis=-1), truth.astype(int), len(names))
+            tables[target] = confusion_table(counts, names)
+            client.log_text(run_id, tables[target], f"{folder}/confusion_{target}.md")
+    return tables
 
 
 def register_best(prep: Prepared, stores: dict, repeats: list[dict], session: Session) -> str | None:

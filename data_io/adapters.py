@@ -1,6 +1,6 @@
 """Corpus adapters: read a corpus as distributed and yield one :class:`UtteranceRecord` per labelled utterance.
 
-One adapter per on-disk layout (IEMOCAP, MSP-Podcast, MSP-IMPROV, LibriSpeech, a generic CSV manifest), chosen by
+One adapter per on-disk layout (IEMOCAP, MSP-Podcast, MSP-IMPROV, LibriSpeech, AMI, a generic CSV manifest), chosen by
 name from :data:`ADAPTERS` (DESIGN.md: an explicit registry, no import strings). Every adapter:
 
 * finds its corpus folder: ``root`` may be the folder the corpus was distributed as (``.../IEMOCAP_full_release``)
@@ -20,19 +20,29 @@ and path, and its problem is kept in ``.problems`` (``utt_id -> (reason, detail)
 with that reason and ingests the other rows. Only a manifest-wide problem (a missing column, a duplicate id, a
 path escaping the root) raises.
 
-No adapter reads word alignments yet, so every record's ``words`` is None (the shards' ``words`` column is null).
+Word alignments: the ``iemocap`` adapter fills ``words`` from IEMOCAP's forced alignments
+(``sentences/ForcedAlignment/<dialog>/<turn>.wdseg``, see :func:`read_wdseg`) where a turn has one, so the
+multitask-DCGAN paper's crops can centre on words; a turn without one, and every other corpus, has ``words`` None
+(null in the shards; the ``words`` crop policy then falls back to speech).
+
+Unlabelled long recordings: the ``ami`` adapter cuts each AMI meeting into speech chunks (records with a
+``segment`` of the meeting's file, see :class:`AmiAdapter`), for the DCGAN's unlabelled data.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import numbers
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from data_io.schema import EMOTION_VOCAB, SPLITS, STYLES, UtteranceRecord
+import numpy as np
+
+from data_io import audio
+from data_io.schema import EMOTION_VOCAB, SAMPLE_RATE, SPLITS, STYLES, UtteranceRecord
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 # Names that become folders (corpus and feature-set names): one plain path component, never "..", never hidden.
@@ -134,11 +144,11 @@ class Adapter:
             raise FileNotFoundError(self._missing_message(root))
         return found[0]
 
-    def _inside(self, path: Path) -> Path:
-        """Resolve ``path`` (relative to the root) and check it stays inside the root."""
+    def _inside(self, path: Path, what: str = "audio path") -> Path:
+        """Resolve ``path`` (relative to the root) and check it stays inside the root; ``what`` names it."""
         resolved = (self.root / path).resolve()
         if not resolved.is_relative_to(self.root):
-            raise CorpusPathError(f"{self.name}: audio path {path} resolves to {resolved}, outside the corpus root "
+            raise CorpusPathError(f"{self.name}: {what} {path} resolves to {resolved}, outside the corpus root "
                                   f"{self.root}; corpus paths must stay inside the root (no '..', no symlinks "
                                   f"pointing out): copy the files under the root or point the root higher")
         return resolved
@@ -197,6 +207,69 @@ _IEMOCAP_TURN = re.compile(
     r"^\[\s*(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\s*\]\s+(?P<utt>\S+)\s+(?P<code>\S+)\s+"
     r"\[\s*(?P<v>[\d.]+|nan)\s*,\s*(?P<a>[\d.]+|nan)\s*,\s*(?P<d>[\d.]+|nan)\s*\]", re.IGNORECASE)
 _IEMOCAP_UTT = re.compile(r"^(?P<session>Ses\d\d)[FM]_.+_(?P<gender>[FM])\d+$")
+# IEMOCAP's forced alignments (Sphinx): 100 frames per second, the end frame inclusive.
+WDSEG_FRAME_RATE = 100.0
+_WDSEG_ROW = re.compile(r"^\s*(?P<start>-?\d+)\s+(?P<end>-?\d+)\s+(?P<score>-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+                        r"\s+(?P<word>\S+)\s*$")
+
+
+def _is_wdseg_word(token: str) -> bool:
+    """False for the aligner's silence (``<s>``, ``</s>``, ``<sil>``) and noise (``++BREATHING++``, ``+UM+``,
+    ``[LAUGHTER]``) tokens, which are not words."""
+    return not ((token.startswith("<") and token.endswith(">")) or (token.startswith("+") and token.endswith("+"))
+                or (token.startswith("[") and token.endswith("]")))
+
+
+def read_wdseg(path: Path) -> tuple[float, ...]:
+    """Word time ranges of an IEMOCAP forced-alignment file (``.wdseg``).
+
+    The format (Sphinx-3 word segmentation): a header line ``SFrm  EFrm    SegAScr Word``, one row per token
+    ``<start frame> <end frame> <acoustic score> <WORD>`` with frames of 10 ms (100 per second) and the end frame
+    inclusive, and a last line ``Total seg score: <n>``. Pronunciation variants (``ALL(2)``) are words; silence
+    (``<s>``, ``</s>``, ``<sil>``) and noise tokens (``++BREATHING++``, ``++LAUGHTER++``, anything in ``<>``,
+    ``++``/``+`` or ``[]``) are skipped. Blank lines are ignored.
+
+    Args:
+        path: The ``.wdseg`` file.
+
+    Returns:
+        ``(start0, end0, start1, end1, ...)`` seconds from the start of the turn's audio (row ``s e`` is
+        ``[s / 100, (e + 1) / 100]``), in file order; empty when the file holds no word.
+
+    Raises:
+        ValueError: A line that is neither the header, a row nor the total (``<file>:<line>`` and the line in
+            the message), a row whose end frame precedes its start frame or whose start frame precedes the
+            previous row's, or a file with no row at all.
+        OSError: The file cannot be read.
+    """
+    spans: list[float] = []
+    rows = 0
+    previous = 0
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("SFrm") or text.lower().startswith("total seg score"):
+            continue
+        m = _WDSEG_ROW.match(line)
+        if not m:
+            raise ValueError(f"{path}:{lineno}: a .wdseg row must look like '  25    40   -183549 WORD' (start "
+                             f"frame, end frame, score, token; after the header 'SFrm EFrm SegAScr Word'), "
+                             f"got {line!r}")
+        start, end = int(m["start"]), int(m["end"])
+        if not 0 <= start <= end:
+            raise ValueError(f"{path}:{lineno}: 0 <= start frame <= end frame must hold, got start {start}, "
+                             f"end {end}")
+        if start < previous:
+            raise ValueError(f"{path}:{lineno}: rows must be in time order, got start frame {start} after a row "
+                             f"starting at frame {previous}")
+        previous = start
+        rows += 1
+        if _is_wdseg_word(m["word"]):
+            spans += [start / WDSEG_FRAME_RATE, (end + 1) / WDSEG_FRAME_RATE]
+    if not rows:
+        raise ValueError(f"{path}:{len(lines)}: no alignment rows (expected the header 'SFrm EFrm SegAScr Word' "
+                         f"and rows '<start frame> <end frame> <score> <WORD>'); the file is empty or truncated")
+    return tuple(spans)
 
 
 def _rater_categories(field: str) -> list[str]:
@@ -214,7 +287,10 @@ class IemocapAdapter(Adapter):
     act 2; dom 2;<TAB>()`` (attributes). ``rater_hist`` counts the evaluators' (``C-E*``) votes, a rater naming k
     categories giving 1/k to each; the actors' self-assessments (``C-F1``, ``C-M1``) are not counted. Audio is
     ``Session{n}/sentences/wav/<dialog>/<utt>.wav``. The speaker is the session plus the letter before the turn
-    number (``Ses01F_impro01_M003`` -> ``Ses01M``, male); ``xxx`` (no agreement) -> emotion None.
+    number (``Ses01F_impro01_M003`` -> ``Ses01M``, male); ``xxx`` (no agreement) -> emotion None. ``words`` comes
+    from the turn's forced alignment ``Session{n}/sentences/ForcedAlignment/<dialog>/<utt>.wdseg``
+    (:func:`read_wdseg`; silence and noise tokens skipped) and is None when that file is missing; a malformed one
+    raises, naming the file and line.
     """
 
     name = "iemocap"
@@ -287,13 +363,26 @@ class IemocapAdapter(Adapter):
             raise ValueError(f"iemocap: {turn['where']}: turn name {utt_id!r} does not look like "
                              f"'Ses01F_impro01_F000' (session, dialog, then F/M and the turn number)")
         dialog = utt_id.rsplit("_", 1)[0]
-        path = self._inside(session_dir.relative_to(self.root) / "sentences" / "wav" / dialog / f"{utt_id}.wav")
+        sentences = session_dir.relative_to(self.root) / "sentences"
+        path = self._inside(sentences / "wav" / dialog / f"{utt_id}.wav")
+        wdseg = self._inside(sentences / "ForcedAlignment" / dialog / f"{utt_id}.wdseg", "alignment path")
         return UtteranceRecord(
             utt_id=utt_id, corpus=self.name, audio_path=path, speaker=name["session"] + name["gender"],
             gender=name["gender"], session=session_dir.name, split=None, style="acted",
             emotion=IEMOCAP_CODES[turn["code"]], arousal=_float_or_none(m["a"]), valence=_float_or_none(m["v"]),
             dominance=_float_or_none(m["d"]), rater_hist=_hist(turn["votes"]),
+            words=self._words(wdseg),
         )
+
+    def _words(self, wdseg: Path) -> tuple[float, ...] | None:
+        if not wdseg.is_file():
+            return None
+        try:
+            return read_wdseg(wdseg)
+        except ValueError as err:
+            raise ValueError(f"iemocap: {err}; the forced alignments are machine-written, so this means a damaged "
+                             f"file: restore it from the release, or delete it to ingest the turn without word "
+                             f"timings") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -565,6 +654,138 @@ class LibriSpeechAdapter(Adapter):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# AMI
+
+# Defaults of the ami adapter's options. Chunks of a few seconds, like the labelled IEMOCAP turns the unlabelled
+# chunks are mixed with, and longer than the DCGAN family's widest crop (256 frames at a 16 ms hop, 4.1 s), which
+# is drawn inside them; a stretch's tail shorter than a second is dropped rather than kept as a chunk mostly made
+# of padding.
+AMI_CHUNK_SECONDS = 5.0
+AMI_MIN_CHUNK_SECONDS = 1.0
+# Pauses up to this long stay inside a chunk (between words and phrases of a turn); longer silences (between
+# turns) separate chunks, so no chunk lies on a gap.
+AMI_MAX_PAUSE_S = 0.5
+# Longest meeting decoded to find its speech: AMI meetings last 15-60 min; 2 h of 16 kHz float32 is 460 MB.
+AMI_MAX_MEETING_SECONDS = 7200.0
+AMI_STREAM = "Mix-Headset"
+# Scenario meetings come in series (ES2002a-d) recorded by the same four participants.
+_AMI_SERIES = re.compile(r"^(?P<series>[A-Z]{2}\d{4})[a-z]$")
+
+
+def speech_chunks(regions: np.ndarray, chunk_seconds: float = AMI_CHUNK_SECONDS,
+                  min_chunk_seconds: float = AMI_MIN_CHUNK_SECONDS) -> list[tuple[float, float]]:
+    """Cut speech stretches into consecutive chunks of ``chunk_seconds``.
+
+    Each stretch ``[a, b]`` gives ``floor((b - a) / chunk_seconds)`` chunks of exactly ``chunk_seconds`` from
+    ``a`` on, then its tail ``[a + k * chunk_seconds, b]`` when that lasts at least ``min_chunk_seconds`` (a
+    stretch shorter than ``chunk_seconds`` is its own tail). Chunks never leave their stretch, so they lie on
+    speech and never span the gaps between stretches. Times are rounded to the millisecond.
+
+    Args:
+        regions: ``(k, 2)`` ``[start, end]`` seconds, e.g. :func:`data_io.audio.speech_regions`' output.
+        chunk_seconds: Length of a full chunk, > 0.
+        min_chunk_seconds: Shortest tail kept, in ``(0, chunk_seconds]``.
+
+    Returns:
+        ``(start_s, end_s)`` per chunk, sorted and disjoint.
+    """
+    chunks = []
+    for a, b in np.asarray(regions, dtype=np.float64).reshape(-1, 2):
+        a = round(float(a), 3)  # rounded first, so full chunks last exactly chunk_seconds
+        full = int((b - a) / chunk_seconds + 1e-9)
+        edges = [round(a + k * chunk_seconds, 3) for k in range(full + 1)]
+        if b - edges[-1] >= min_chunk_seconds:
+            edges.append(round(float(b), 3))
+        chunks += list(zip(edges[:-1], edges[1:], strict=True))
+    return chunks
+
+
+def _positive_seconds(options: dict, name: str, default: float) -> float:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"ami: {name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+class AmiAdapter(Adapter):
+    """AMI meeting corpus, the headset mix of each meeting cut into speech chunks: unlabelled spontaneous speech.
+
+    Reads every ``<meeting>/audio/<meeting>.Mix-Headset.wav`` under the root (``amicorpus`` as the download script
+    lays it out, e.g. ``ES2002a/audio/ES2002a.Mix-Headset.wav``); other streams (``Headset-N``, ``Array1-0N``) are
+    not read and are listed in ``.unlabelled_files``. Each meeting is decoded once (up to
+    :data:`AMI_MAX_MEETING_SECONDS`) and its speech found by :func:`data_io.audio.speech_regions` (the detector
+    ingestion uses, with pauses up to ``max_pause_s`` kept inside); :func:`speech_chunks` cuts the speech into
+    chunks. A record per chunk: ``utt_id`` ``<meeting>_<start in ms, 8 digits>`` (``ES2002a_00012340``), the
+    meeting's file with ``segment=(start_s, end_s)``, ``session`` the meeting, style ``spontaneous``; no emotion,
+    attributes, gender or split. The mix holds all participants, so ``speaker`` is the meeting group, not a person:
+    ``ami_<series>`` for scenario meetings (``ES2002a``-``d`` -> ``ami_ES2002``, one group of four), else
+    ``ami_<meeting>``; speaker-disjoint folds then keep a group's meetings together.
+
+    A meeting that cannot be decoded (any :data:`data_io.audio.REASONS`) becomes one record ``<meeting>`` with
+    its problem in ``.problems``; ingestion quarantines it and ingests the other meetings. ``records()`` decodes
+    every meeting (a second or so per hour of audio), on every ingest run.
+
+    Options:
+        chunk_seconds: Length of a chunk (default :data:`AMI_CHUNK_SECONDS`, 5 s).
+        min_chunk_seconds: Shortest chunk kept, the tail of a stretch of speech (default 1 s).
+        max_pause_s: Longest pause inside a chunk (default 0.5 s); longer silences separate chunks.
+    """
+
+    name = "ami"
+    label_scale = None
+    layout = f"AMI layout: <meeting>/audio/<meeting>.{AMI_STREAM}.wav (e.g. ES2002a/audio/ES2002a.{AMI_STREAM}.wav)"
+    distributed_as = "amicorpus"
+    options = ("chunk_seconds", "min_chunk_seconds", "max_pause_s")
+
+    def __init__(self, root: Path, **options) -> None:
+        self._check_options(options)
+        self.chunk_seconds = _positive_seconds(options, "chunk_seconds", AMI_CHUNK_SECONDS)
+        self.min_chunk_seconds = _positive_seconds(options, "min_chunk_seconds", AMI_MIN_CHUNK_SECONDS)
+        self.max_pause_s = _positive_seconds(options, "max_pause_s", AMI_MAX_PAUSE_S)
+        if self.min_chunk_seconds > self.chunk_seconds:
+            raise ValueError(f"ami: min_chunk_seconds <= chunk_seconds must hold, got {self.min_chunk_seconds} > "
+                             f"{self.chunk_seconds}")
+        super().__init__(root)
+
+    def _is_corpus_dir(self, folder: Path) -> bool:
+        return any(folder.glob(f"*/audio/*.{AMI_STREAM}.wav"))
+
+    def _missing_message(self, root: Path) -> str:
+        return (f"no AMI meeting under {root}: expected {root}/<meeting>/audio/<meeting>.{AMI_STREAM}.wav "
+                f"({self.layout})")
+
+    def _meetings(self) -> list[tuple[str, Path]]:
+        """``(meeting, mix file)`` of every meeting folder holding a headset mix; other audio is unlabelled."""
+        found = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            mix = folder / "audio" / f"{folder.name}.{AMI_STREAM}.wav"
+            path = self._inside(mix.relative_to(self.root))  # a symlinked meeting folder pointing out raises
+            if path.is_file():
+                found.append((folder.name, path))
+            self.unlabelled_files += [p for p in self._audio_files(folder / "audio") if p.resolve() != path]
+        return found
+
+    def _records(self) -> list[UtteranceRecord]:
+        recs = []
+        for meeting, path in self._meetings():
+            series = _AMI_SERIES.match(meeting)
+            speaker = f"ami_{series['series'] if series else meeting}"
+            common = {"corpus": self.name, "audio_path": path, "speaker": speaker, "session": meeting,
+                      "style": "spontaneous"}
+            try:
+                y = audio.load_audio(path, sr=SAMPLE_RATE, max_seconds=AMI_MAX_MEETING_SECONDS)
+            except audio.AudioCheckError as err:  # the meeting is quarantined as a whole; the others go on
+                self.problems[meeting] = (err.reason, f"ami: meeting {meeting}: {err.detail}")
+                recs.append(UtteranceRecord(utt_id=meeting, **common))
+                continue
+            regions = audio.speech_regions(y, SAMPLE_RATE, **{**audio.SPEECH_DETECTION, "min_gap_s": self.max_pause_s})
+            for start, end in speech_chunks(regions, self.chunk_seconds, self.min_chunk_seconds):
+                recs.append(UtteranceRecord(utt_id=f"{meeting}_{round(start * 1000):08d}", segment=(start, end),
+                                            **common))
+        return recs
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CSV manifest
 
 CSV_REQUIRED = ("path", "speaker")
@@ -749,6 +970,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "msp_improv": MspImprovAdapter,
     "librispeech": LibriSpeechAdapter,
     "csv": CsvAdapter,
+    "ami": AmiAdapter,
 }
 
 
@@ -758,7 +980,8 @@ def get_adapter(name: str, root: Path, /, **options) -> Adapter:
     Args:
         name: A key of :data:`ADAPTERS`.
         root: The corpus folder as distributed, or the folder holding it.
-        **options: Adapter options (only ``csv`` takes any: ``manifest``, ``label_scale``, ``name``).
+        **options: Adapter options (``csv``: ``manifest``, ``label_scale``, ``name``; ``ami``: ``chunk_seconds``,
+            ``min_chunk_seconds``, ``max_pause_s``; the others take none).
 
     Returns:
         The adapter; call ``.records()`` for the utterances.

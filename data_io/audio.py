@@ -18,6 +18,10 @@ called directly to skip librosa's per-call overhead; the output length is ``ceil
 librosa's. Apart from down-mixing and resampling the samples are returned as decoded: no clipping, normalisation or
 DC removal, so features see the corpus's own levels.
 
+A ``segment=(start_s, end_s)`` decodes only that part of the file (seeking, not decoding what comes before), for
+corpora whose files hold many utterances (AMI meetings cut into chunks): every check then concerns the segment, so
+``max_seconds`` bounds the segment, not the file, and a segment past the file's end is ``empty``.
+
 :func:`speech_regions` finds where the speech is in a decoded signal (an energy detector); ingestion stores its
 result in the shards' ``speech`` column so training can centre crops and cut windows over speech only.
 """
@@ -96,21 +100,29 @@ def _check_header(path: Path, file_sr: float, seconds: float | None, max_seconds
                                           f"(--max-seconds)")
 
 
-def _read_mono(f: sf.SoundFile, path: Path, max_seconds: float) -> np.ndarray:
-    """Down-mix ``f`` block by block into float32 mono, stopping one sample past ``max_seconds``."""
+def _read_mono(f: sf.SoundFile, path: Path, max_seconds: float, start: int = 0,
+               count: int | None = None) -> np.ndarray:
+    """Down-mix ``f`` block by block into float32 mono from frame ``start``, stopping after ``count`` frames (all
+    when None) or one sample past ``max_seconds``."""
     limit = int(max_seconds * f.samplerate)
-    expected = min(max(f.frames, 0), limit + 1)  # libsndfile trims a truncated file's frame count already
+    stop = limit + 1 if count is None else min(count, limit + 1)
+    # libsndfile trims a truncated file's frame count already
+    expected = min(max(f.frames - start, 0), stop)
     channels = f.channels
     out = np.empty(expected, dtype=np.float32)
     n = 0
+    if start >= f.frames:  # a segment past the end: nothing to read (seeking there is an error)
+        return out
+    if start:
+        f.seek(start)
     block = max(1, _BLOCK_VALUES // channels)
-    while n <= limit:
-        data = f.read(min(block, limit + 1 - n), dtype="float32", always_2d=True)
+    while n < stop:
+        data = f.read(min(block, stop - n), dtype="float32", always_2d=True)
         m = len(data)
         if m == 0:
             break
         if n + m > len(out):  # more samples than the header said: grow, still bounded by the limit
-            out = np.resize(out, min(max(2 * len(out), n + m), limit + 1))
+            out = np.resize(out, min(max(2 * len(out), n + m), stop))
         out[n:n + m] = data[:, 0] if channels == 1 else data.mean(axis=1, dtype=np.float32)
         n += m
     if n > limit:
@@ -119,23 +131,37 @@ def _read_mono(f: sf.SoundFile, path: Path, max_seconds: float) -> np.ndarray:
     return out[:n]
 
 
-def _decode(path: Path, max_seconds: float) -> tuple[np.ndarray, int, int]:
+def _segment_seconds(seconds: float | None, segment: tuple[float, float] | None) -> float | None:
+    """The length of what is decoded: the file's (``seconds``), or the part of ``segment`` inside the file."""
+    if segment is None or seconds is None:
+        return seconds
+    return max(0.0, min(segment[1], seconds) - segment[0])
+
+
+def _decode(path: Path, max_seconds: float,
+            segment: tuple[float, float] | None = None) -> tuple[np.ndarray, int, int]:
     """Check the header, then decode to float32 mono: ``(samples, file sample rate, channels)``."""
     try:
         f = sf.SoundFile(path)
     except Exception as sf_err:  # libsndfile does not know the format, or the header is broken: try librosa
-        return _decode_fallback(path, max_seconds, sf_err)
+        return _decode_fallback(path, max_seconds, sf_err, segment)
     with f:
-        _check_header(path, f.samplerate, f.frames / f.samplerate if f.samplerate > 0 else None, max_seconds)
+        seconds = f.frames / f.samplerate if f.samplerate > 0 else None
+        _check_header(path, f.samplerate, _segment_seconds(seconds, segment), max_seconds)
+        start, count = 0, None
+        if segment is not None:
+            start = round(segment[0] * f.samplerate)
+            count = round(segment[1] * f.samplerate) - start
         try:
-            return _read_mono(f, path, max_seconds), int(f.samplerate), f.channels
+            return _read_mono(f, path, max_seconds, start, count), int(f.samplerate), f.channels
         except AudioCheckError:
             raise
         except Exception as err:  # a broken block after a good header
             raise AudioCheckError("decode_error", f"{path.name}: soundfile: {type(err).__name__}: {err}") from err
 
 
-def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception) -> tuple[np.ndarray, int, int]:
+def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception,
+                     segment: tuple[float, float] | None = None) -> tuple[np.ndarray, int, int]:
     import audioread
     import librosa
 
@@ -147,7 +173,7 @@ def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception) -> tuple
         with audioread.audio_open(str(path)) as f:
             file_sr = f.samplerate
             _check_header(path, file_sr, None, max_seconds)  # before duration, which divides by the rate
-            _check_header(path, file_sr, f.duration, max_seconds)
+            _check_header(path, file_sr, _segment_seconds(f.duration, segment), max_seconds)
     except AudioCheckError:
         raise
     except Exception as err:
@@ -156,8 +182,11 @@ def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception) -> tuple
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # librosa warns about falling back to (deprecated) audioread
             # duration bounds what is decoded even when the header's length was wrong.
-            y, file_sr = librosa.load(path, sr=None, mono=False, dtype=np.float32,
-                                      duration=max_seconds + 1.0 / file_sr)
+            offset, duration = 0.0, max_seconds + 1.0 / file_sr
+            if segment is not None:
+                offset, duration = segment[0], min(duration, segment[1] - segment[0])
+            y, file_sr = librosa.load(path, sr=None, mono=False, dtype=np.float32, offset=offset,
+                                      duration=duration)
     except Exception as err:
         raise fail(err) from sf_err
     _check_header(path, file_sr, None, max_seconds)
@@ -171,7 +200,8 @@ def _decode_fallback(path: Path, max_seconds: float, sf_err: Exception) -> tuple
 
 
 def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1,
-               max_seconds: float = DEFAULT_MAX_SECONDS) -> np.ndarray:
+               max_seconds: float = DEFAULT_MAX_SECONDS, *,
+               segment: tuple[float, float] | None = None) -> np.ndarray:
     """Decode an audio file to float32 mono at ``sr`` and check that it is usable.
 
     Checks run in this order, the first failure raising: file missing; decode failure (any exception, e.g. a
@@ -185,14 +215,17 @@ def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1,
         sr: Target sample rate in Hz; the file is resampled with soxr (HQ) when its rate differs.
         min_samples: Shortest acceptable length at ``sr``, usually one analysis window
             (``data_io.features.min_samples``).
-        max_seconds: Longest acceptable file; it bounds the memory one file takes.
+        max_seconds: Longest acceptable file (or segment); it bounds the memory one file takes.
+        segment: ``(start_s, end_s)`` seconds into the file: decode only that part (cut at the file's end);
+            None decodes the whole file. Every check then applies to the segment.
 
     Returns:
         The signal, shape ``(n,)``, float32, channels averaged, otherwise as decoded.
 
     Raises:
         AudioCheckError: With ``reason`` one of :data:`REASONS` and a ``detail`` saying what was found.
-        ValueError: ``sr``, ``min_samples`` or ``max_seconds`` is not positive.
+        ValueError: ``sr``, ``min_samples`` or ``max_seconds`` is not positive, or ``segment`` is not two finite
+            numbers with ``0 <= start < end``.
     """
     if sr <= 0:
         raise ValueError(f"sr must be > 0, got {sr}")
@@ -200,16 +233,25 @@ def load_audio(path: Path, sr: int = SAMPLE_RATE, min_samples: int = 1,
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
     if not max_seconds > 0 or not math.isfinite(max_seconds):
         raise ValueError(f"max_seconds must be a finite number > 0, got {max_seconds}")
+    if segment is not None:
+        try:
+            start_s, end_s = (float(t) for t in segment)
+        except (TypeError, ValueError):
+            raise ValueError(f"segment must be (start_s, end_s) seconds into the file, got {segment!r}") from None
+        if not (math.isfinite(start_s) and math.isfinite(end_s) and 0 <= start_s < end_s):
+            raise ValueError(f"segment must satisfy 0 <= start_s < end_s (finite seconds), got {segment!r}")
+        segment = (start_s, end_s)
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise AudioCheckError("missing", f"{path} {what}")
 
-    y, file_sr, channels = _decode(path, max_seconds)
+    y, file_sr, channels = _decode(path, max_seconds, segment)
     n = len(y)
     if n == 0:
+        where = "" if segment is None else f" in the segment {segment[0]:g}-{segment[1]:g} s"
         raise AudioCheckError("empty",
-                              f"{path.name}: 0 samples decoded ({channels} channel(s) at {file_sr} Hz)")
+                              f"{path.name}: 0 samples decoded{where} ({channels} channel(s) at {file_sr} Hz)")
 
     # One pass finds NaN and inf: max() propagates NaN, and inf stays inf. A non-finite sample in any channel
     # makes the down-mixed sample non-finite (inf - inf is NaN), so checking the mix counts the same samples.

@@ -226,6 +226,13 @@ PRESETS: dict[str, FeatureConfig] = {
     "spectrogram": FeatureConfig(name="spectrogram", kind="spectrogram", n_fft=512, win_length=400,
                                  hop_length=160, window="hamming", n_bins=128, fmin=0.0, fmax=None, power=1.0,
                                  bin_reduction="pool", log_offset=1e-6, dtype="float16"),
+    # Multitask-DCGAN paper (arXiv 1705.02394, "Pre-processing"): STFT window of 1024 samples (64 ms at 16 kHz),
+    # 128 rows. Its "0-11 kHz" cannot hold at 16 kHz (Nyquist is 8 kHz; it would need 22.05 kHz audio), so the
+    # 128 rows cover 0-8 kHz: 513 bins pooled 4 to 1. The hop is not reported: 256 samples (16 ms, a quarter
+    # window), so crop widths of 64 / 128 / 256 frames are about 1 / 2 / 4 s. Log magnitude, Hann window.
+    "spectrogram1024": FeatureConfig(name="spectrogram1024", kind="spectrogram", n_fft=1024, win_length=1024,
+                                     hop_length=256, window="hann", n_bins=128, fmin=0.0, fmax=None, power=1.0,
+                                     bin_reduction="pool", log_offset=1e-6, dtype="float16"),
     # Ladder-network MSP-Podcast paper (Sec. 4.1) used the ComParE (Interspeech 2013) functionals from
     # openSMILE; this is the librosa/numpy counterpart: 25 ms / 10 ms LLDs, 40 mels for MFCC 1-20 over
     # 20 Hz - Nyquist, YIN F0 60-500 Hz on 40 ms frames every 20 ms.

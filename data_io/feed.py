@@ -21,10 +21,13 @@ Sampling (seeded by the fold's generator, so the same seed gives the same rows a
   multitask-DCGAN paper's valence balancing); a soft target's class is the argmax of its soft label.
 * ``aux_ratio``: each batch holds ``round(aux_ratio * labelled)`` auxiliary examples cycled through a shuffled
   order; None mixes auxiliary examples into the epoch like labelled ones.
+* ``aux_speakers``: keep the auxiliary rows of this many auxiliary speakers only (the AAE paper's Fig. 4: the
+  number of LibriSpeech speakers behind the gender and speaker tasks); see :func:`keep_aux_speakers`.
 """
 
 from __future__ import annotations
 
+import numbers
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +53,8 @@ class Sampling:
         cap_target: The class target the caps name classes of.
         fraction: Share of the labelled training rows kept (0, 1].
         aux_ratio: Auxiliary examples per labelled example in a batch; None mixes them into the epoch.
+        aux_speakers: Number of auxiliary speakers whose rows are kept (>= 1); None keeps every auxiliary row.
+            More than there are keeps them all.
     """
 
     balance: str | None = None
@@ -57,6 +62,7 @@ class Sampling:
     cap_target: str = "emotion"
     fraction: float = 1.0
     aux_ratio: float | None = None
+    aux_speakers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "caps", tuple((str(c), str(k), int(n)) for c, k, n in self.caps))
@@ -66,6 +72,12 @@ class Sampling:
             raise ValueError(f"class caps must be >= 1, got {self.caps}")
         if self.aux_ratio is not None and not self.aux_ratio > 0:
             raise ValueError(f"aux_ratio must be > 0 (None mixes auxiliary rows in), got {self.aux_ratio}")
+        if self.aux_speakers is not None:
+            n = self.aux_speakers
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise ValueError(f"aux_speakers must be an integer >= 1 (None keeps every auxiliary speaker), "
+                                 f"got {n!r}")
+            object.__setattr__(self, "aux_speakers", int(n))
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,53 @@ def class_index(labels: Mapping[str, np.ndarray], target: str) -> np.ndarray:
     return np.where(labels[f"{target}_mask"], cls, -1)
 
 
+# Seed of the one fixed order in which auxiliary speakers are kept (see keep_aux_speakers).
+AUX_SPEAKER_SEED = 0
+
+
+def keep_aux_speakers(sampling: Sampling, store: FeatureStore, rows: np.ndarray) -> np.ndarray:
+    """``rows`` with only the auxiliary rows of ``sampling.aux_speakers`` auxiliary speakers kept.
+
+    The auxiliary speakers among ``rows``, keyed ``(corpus, speaker)`` and sorted, are put in one fixed random order
+    (seed :data:`AUX_SPEAKER_SEED`, the paper "randomly selects" its LibriSpeech speakers) and the first N are kept.
+    The choice depends only on which auxiliary speakers there are, not on the fold, trial or seed: every fold and
+    seed repeat of a sweep trains on the same speakers, and the N kept are among the N + 1 kept, so a sweep over N
+    (Fig. 4) adds speakers rather than redrawing them. N above the number of auxiliary speakers keeps them all
+    (a curve that saturates; nothing is logged). Labelled rows and the order of ``rows`` are kept, and applying
+    it twice changes nothing, so the loop may select before fitting encoders and :class:`TrainSet` again.
+
+    Args:
+        sampling: The family's sampling; ``aux_speakers`` None returns ``rows`` unchanged.
+        store: The store holding the rows.
+        rows: Training rows (labelled and auxiliary), store indices.
+
+    Returns:
+        The kept rows, int64, in their given order.
+
+    Raises:
+        ValueError: An auxiliary row has no speaker (it could not be counted).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if sampling.aux_speakers is None:
+        return rows
+    aux = np.flatnonzero(store.is_auxiliary(rows))
+    if not len(aux):
+        return rows
+    meta = store.meta.take(pa.array(rows[aux]))
+    keys = list(zip(meta.column("corpus").to_pylist(), meta.column("speaker").to_pylist(), strict=True))
+    missing = [corpus for corpus, speaker in keys if speaker is None or speaker == ""]
+    if missing:
+        raise ValueError(f"aux_speakers={sampling.aux_speakers} counts auxiliary speakers, but {len(missing)} "
+                         f"auxiliary rows (corpus {sorted(set(missing))}) have no speaker; drop aux_speakers or "
+                         f"use auxiliary shard sets with speaker labels (e.g. LibriSpeech)")
+    speakers = sorted(set(keys))
+    order = np.random.default_rng(AUX_SPEAKER_SEED).permutation(len(speakers))
+    kept = {speakers[i] for i in order[:sampling.aux_speakers]}
+    keep = np.ones(len(rows), dtype=bool)
+    keep[aux] = [key in kept for key in keys]
+    return rows[keep]
+
+
 def _subsample(rows: np.ndarray, keep: int, generator: torch.Generator) -> np.ndarray:
     pick = torch.randperm(len(rows), generator=generator)[:keep].numpy()
     return np.sort(rows[pick])
@@ -135,7 +194,8 @@ class TrainSet:
     Args:
         feed: The family's feed.
         store: The shared store.
-        train_rows: The fold's training rows (labelled and auxiliary), store indices.
+        train_rows: The fold's training rows (labelled and auxiliary), store indices; auxiliary rows beyond
+            ``sampling.aux_speakers`` speakers are dropped here (:func:`keep_aux_speakers`).
         encoders: Fitted target encoders.
         normalizer: The fold's normalizer.
         generator: The fold's torch Generator (sampling, order, random crops).
@@ -145,7 +205,7 @@ class TrainSet:
                  normalizer: Normalizer, generator: torch.Generator) -> None:
         self.feed, self.store, self.normalizer, self.generator = feed, store, normalizer, generator
         sampling = feed.sampling
-        train_rows = np.asarray(train_rows, dtype=np.int64)
+        train_rows = keep_aux_speakers(sampling, store, train_rows)
         aux = store.is_auxiliary(train_rows)
         labelled, aux_rows = train_rows[~aux], train_rows[aux]
         if sampling.caps:

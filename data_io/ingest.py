@@ -7,11 +7,11 @@ one unit of work, so ingestion is:
 * **resumable, and redoes exactly what changed**: a chunk is done when its commit record
   ``_progress/chunk-NNNNN.json`` exists, names every requested feature set and carries the chunk's current
   *fingerprint*: a sha256 over, for each of its records, every field of the :class:`UtteranceRecord` that goes
-  into the shard (labels, speaker, split, ...), the audio path and the audio file's size and ``mtime_ns`` (or
-  that it is absent, or the adapter's problem with the row), plus ``max_seconds``. A re-run skips done chunks;
-  a chunk whose fingerprint changed (a relabelled CSV row, a replaced or touched audio file, a fixed row) is
-  recomputed for every requested feature set and its part replaced atomically (temp file, then rename); the
-  manifests are rebuilt, so the manifest hash changes with the data. While such a chunk is redone the feature
+  into the shard (labels, speaker, split, ...), the audio path (and segment) and the audio file's size and
+  ``mtime_ns`` (or that it is absent, or the adapter's problem with the row), plus ``max_seconds``. A re-run skips
+  done chunks; a chunk whose fingerprint changed (a relabelled CSV row, a replaced or touched audio file, a fixed
+  row) is recomputed for every requested feature set and its part replaced atomically (temp file, then rename);
+  the manifests are rebuilt, so the manifest hash changes with the data. While such a chunk is redone the feature
   sets' ``_manifest.json`` are removed, so no reader mixes old and new parts. A different utterance list or
   chunking (``plan.json``) is refused: ``--overwrite`` re-ingests from scratch. A rewrite that keeps a file's
   size and mtime to the nanosecond is not noticed.
@@ -167,7 +167,8 @@ def _process_record(rec: UtteranceRecord, configs: Sequence[features.FeatureConf
     label_problem = _label_problem(rec)
     if label_problem:
         raise _Quarantine("non_finite_label", label_problem)
-    y = audio.load_audio(rec.audio_path, sr=SAMPLE_RATE, min_samples=min_samples, max_seconds=max_seconds)
+    y = audio.load_audio(rec.audio_path, sr=SAMPLE_RATE, min_samples=min_samples, max_seconds=max_seconds,
+                         segment=rec.segment)
     extracted = {c.name: features.extract(y, c, sr=SAMPLE_RATE) for c in configs}
     # Checked in the storage dtype: a value finite in float32 can overflow float16.
     bad = [c.name for c in configs if not np.isfinite(np.asarray(extracted[c.name]).astype(c.dtype)).all()]
@@ -321,13 +322,15 @@ def _file_state(path: Path) -> list:
 
 def _chunk_fingerprint(records: Sequence[UtteranceRecord], problems: dict[str, tuple[str, str]],
                        max_seconds: float) -> str:
-    """sha256 over what makes a chunk's rows: every record's shard metadata, path and audio file state (or the
-    adapter's problem with the row), and ``max_seconds``."""
+    """sha256 over what makes a chunk's rows: every record's shard metadata, path, segment and audio file state
+    (or the adapter's problem with the row), and ``max_seconds``."""
     h = hashlib.sha256(json.dumps({"max_seconds": float(max_seconds)}).encode())
     for rec in records:
         problem = problems.get(rec.utt_id)
         entry = {"record": rec.metadata(), "path": str(rec.audio_path),
                  "input": list(problem) if problem else _file_state(rec.audio_path)}
+        if rec.segment is not None:  # only then, so whole-file records keep their fingerprints
+            entry["segment"] = list(rec.segment)
         h.update(json.dumps(entry, sort_keys=True, default=repr).encode() + b"\n")
     return h.hexdigest()
 
@@ -354,7 +357,7 @@ def ingest(corpus: str, root: Path, out: Path, feature_sets: Iterable[str], *,
     """Ingest a corpus into Parquet shards, one folder per feature set.
 
     Args:
-        corpus: Adapter name (``iemocap``, ``msp_podcast``, ``msp_improv``, ``librispeech``, ``csv``).
+        corpus: Adapter name (``iemocap``, ``msp_podcast``, ``msp_improv``, ``librispeech``, ``csv``, ``ami``).
         root: The corpus folder as distributed (or the folder holding it).
         out: Output root; shards go to ``out/<corpus name>/<feature_set>/``. The corpus name is the adapter's
             name, except for ``csv``, whose ``name`` option sets it (default ``csv``).

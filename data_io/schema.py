@@ -61,6 +61,10 @@ class UtteranceRecord:
             ``(start0, end0, start1, end1, ...)`` and sorted by start, when the corpus ships word alignments;
             None otherwise. Each word needs ``0 <= start <= end``; words may touch or overlap. The shard
             column is null for None and for an empty tuple.
+        segment: ``(start_s, end_s)`` of the utterance inside ``audio_path`` when one file holds many utterances
+            (AMI meetings cut into chunks); ingestion decodes only that part, and ``words`` and the shard's
+            ``speech`` and ``duration_s`` are relative to it. None (the default): the whole file. Not a shard
+            column (the ``utt_id`` of such records names the offset).
     """
 
     utt_id: str
@@ -77,6 +81,7 @@ class UtteranceRecord:
     dominance: float | None = None
     rater_hist: tuple[float, ...] | None = None
     words: tuple[float, ...] | None = None
+    segment: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.utt_id:
@@ -96,6 +101,8 @@ class UtteranceRecord:
             )
         if self.words is not None:
             _check_words(self.utt_id, self.words)
+        if self.segment is not None:
+            _check_segment(self.utt_id, self.segment)
 
     def metadata(self) -> dict:
         """The record's shard metadata columns (everything but ``speech``, duration and features)."""
@@ -107,6 +114,16 @@ class UtteranceRecord:
             # An empty tuple (aligned, no word found) is stored as null too: null means "no word timing".
             "words": list(self.words) if self.words else None,
         }
+
+
+def _check_segment(utt_id: str, segment: tuple[float, float]) -> None:
+    """Raise ValueError unless ``segment`` is a ``(start_s, end_s)`` tuple of finite seconds, ``0 <= start < end``."""
+    if not isinstance(segment, tuple) or len(segment) != 2 or any(
+            isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t) for t in segment):
+        raise ValueError(f"{utt_id}: segment must be a (start_s, end_s) tuple of finite seconds into the audio "
+                         f"file, got {segment!r}")
+    if not 0 <= segment[0] < segment[1]:
+        raise ValueError(f"{utt_id}: segment must satisfy 0 <= start < end (seconds), got {segment!r}")
 
 
 def _check_words(utt_id: str, words: tuple[float, ...]) -> None:

@@ -1,5 +1,6 @@
-"""Synthetic SER corpora written in the on-disk layouts of IEMOCAP, MSP-Podcast, a call-centre CSV corpus and
-LibriSpeech (DESIGN.md, Data), so that the real adapters and ingestion run end to end without licensed data.
+"""Synthetic SER corpora written in the on-disk layouts of IEMOCAP, MSP-Podcast, a call-centre CSV corpus,
+LibriSpeech, the AMI meeting corpus and MSP-IMPROV (DESIGN.md, Data), so that the real adapters and ingestion run end
+to end without licensed data.
 
 Each utterance is rendered by a source-filter voice model (vectorised numpy/scipy):
 
@@ -23,6 +24,18 @@ per-rater biases plus per-rating noise) rate each attribute on the corpus scale 
 true one, sometimes a neighbour); label files carry the consensus and, where the real format has them, the rater
 lines. Each corpus folder also gets ``.synth_truth.jsonl`` (the generator's ground truth; adapters ignore it).
 
+The IEMOCAP layout also writes each turn's forced alignment (``sentences/ForcedAlignment/<dialog>/<turn>.wdseg``,
+Sphinx word segmentation at 100 frames/s): words are runs of 1-2 of the voice model's syllables, so every word
+lies on rendered speech, with ``<s>``, ``<sil>``, ``++BREATHING++`` and ``</s>`` on the silences. The AMI layout
+writes a few minutes-long "meetings" (``amicorpus/<meeting>/audio/<meeting>.Mix-Headset.wav``): groups of four
+speakers take turns of 1-3 utterances, mostly neutral, separated by 1-2.5 s of room noise; no label files (AMI is
+the unlabelled data), the truth file lists every utterance with its meeting and offset. The MSP-IMPROV layout has
+the corpus's 12 actors, one woman and one man per session (6 sessions): for each target sentence and target emotion
+every actor reads the sentence (scenario R), says it inside an improvisation (S, sometimes again in T) and now and
+then talks naturally between the takes (P, mostly neutral, less expressive); crowd raters vote Angry/Happy/Sad/
+Neutral/Other and rate arousal, valence, dominance and naturalness on 1-5 in ``Evalution.txt`` (the release's
+spelling), the audio under ``Audio/session<n>/<sentence>/<scenario>/``.
+
 Output is byte-identical for a seed: every random stream is derived from ``(seed, layout, purpose, index)`` and
 files are written in a fixed order.
 """
@@ -44,13 +57,14 @@ from scipy import signal
 
 from data_io.schema import EMOTIONS_4, SAMPLE_RATE
 
-LAYOUTS = ("iemocap", "msp_podcast", "callcenter", "librispeech")
+# Appended in order: a layout's index seeds its random streams, so adding one leaves the others' bytes unchanged.
+LAYOUTS = ("iemocap", "msp_podcast", "callcenter", "librispeech", "ami", "msp_improv")
 # Multiplier of utterances and speakers; "small" is what the tests and the demo use.
 SCALES = {"small": 1, "full": 8}
 # The folder each layout is written to inside ``out`` (the name the real corpus is distributed as).
 CORPUS_FOLDERS = {
     "iemocap": "IEMOCAP_full_release", "msp_podcast": "MSP-Podcast", "callcenter": "callcenter",
-    "librispeech": "LibriSpeech",
+    "librispeech": "LibriSpeech", "ami": "amicorpus", "msp_improv": "MSP-IMPROV",
 }
 TRUTH_FILE = ".synth_truth.jsonl"
 TELEPHONE_RATE = 8_000
@@ -90,6 +104,16 @@ IEMOCAP_RATER_NAMES = {
     "frustrated": "Frustration", "surprised": "Surprise", "fearful": "Fear", "disgusted": "Disgust",
     "other": "Other",
 }
+NEIGHBOURS_IMPROV = {
+    "neutral": ("sad", "happy", "other"), "happy": ("neutral", "other"), "sad": ("neutral", "other"),
+    "angry": ("other", "neutral"),
+}
+# MSP-IMPROV's consensus codes (X: no agreement) and the category names its raters chose from.
+IMPROV_CODES = {"angry": "A", "happy": "H", "sad": "S", "neutral": "N", "other": "O"}
+IMPROV_RATER_NAMES = {"angry": "Angry", "happy": "Happy", "sad": "Sad", "neutral": "Neutral", "other": "Other"}
+# Takes of one target sentence per actor: (scenario, chance the take exists, expressiveness, mean naturalness 1-5).
+# R reads the sentence, S and T say it inside improvisations, P is the natural talk between the takes.
+IMPROV_TAKES = (("R", 1.0, 0.8, 2.4), ("S", 1.0, 1.0, 3.4), ("T", 0.4, 0.9, 3.3), ("P", 0.4, 0.6, 4.2))
 PODCAST_CODES = {
     "angry": "A", "sad": "S", "happy": "H", "surprised": "U", "fearful": "F", "disgusted": "D", "contempt": "C",
     "neutral": "N", "other": "O",
@@ -297,8 +321,9 @@ def _telephone_band(sr: int) -> np.ndarray:
     return signal.butter(4, [300.0, 3400.0], btype="bandpass", fs=sr, output="sos")
 
 
-def _render(rng: np.random.Generator, spk: Speaker, pros: Prosody, duration_s: float, sr: int) -> np.ndarray:
-    """Render one utterance (float64, roughly -1..1) at ``sr``."""
+def _render(rng: np.random.Generator, spk: Speaker, pros: Prosody, duration_s: float,
+            sr: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Render one utterance (float64, roughly -1..1) at ``sr``; also return its syllables' ``(start, end)``."""
     n = int(round(duration_s * sr))
     sylls = _syllables(rng, pros, duration_s)
 
@@ -354,7 +379,7 @@ def _render(rng: np.random.Generator, spk: Speaker, pros: Prosody, duration_s: f
     noise = signal.lfilter([1.0], [1.0, -0.9], _white(rng, n))
     snr_db = rng.uniform(22.0, 38.0)
     speech += noise / np.sqrt(np.mean(noise**2)) * 10 ** ((pros.level_db - snr_db) / 20)
-    return speech
+    return speech, sylls
 
 
 def _telephone(rng: np.random.Generator, y: np.ndarray, sr: int) -> np.ndarray:
@@ -370,13 +395,59 @@ def _telephone(rng: np.random.Generator, y: np.ndarray, sr: int) -> np.ndarray:
     return np.sign(code) * np.expm1(np.abs(code) * np.log1p(mu)) / mu * 0.8
 
 
-def _audio(seed: int, layout: str, index: int, utt: Utterance, sr: int) -> np.ndarray:
+def _voice(seed: int, layout: str, index: int, utt: Utterance, sr: int) -> tuple[np.ndarray, list]:
+    """One utterance's audio and its syllables' ``(start, end)`` seconds (where the voice is)."""
     rng = _rng(seed, layout, "audio", index)
     pros = _prosody(rng, utt.speaker, utt.latent, utt.expressiveness)
-    y = _render(rng, utt.speaker, pros, utt.duration_s, sr)
+    y, sylls = _render(rng, utt.speaker, pros, utt.duration_s, sr)
     if layout == "callcenter":
         y = _telephone(rng, y, sr)
-    return np.clip(y, -0.99, 0.99)
+    return np.clip(y, -0.99, 0.99), sylls
+
+
+def _audio(seed: int, layout: str, index: int, utt: Utterance, sr: int) -> np.ndarray:
+    return _voice(seed, layout, index, utt, sr)[0]
+
+
+# IEMOCAP's forced alignments count 10 ms frames.
+WDSEG_FRAMES_PER_S = 100
+
+
+def _wdseg(rng: np.random.Generator, sylls: list[tuple[float, float]], duration_s: float) -> str:
+    """A Sphinx ``.wdseg`` word segmentation of one utterance whose words are runs of 1-2 syllables.
+
+    A word spans frames ``ceil(100 * start)`` to ``floor(100 * end) - 1`` (the end frame is inclusive), so it lies
+    within its syllables, on voiced speech; syllables that touch (one phrase) may share a word, a pause never
+    does. Silences are ``<s>`` (leading), ``</s>`` (trailing) and ``<sil>`` or, now and then, ``++BREATHING++``.
+    """
+    words: list[tuple[int, int]] = []
+    i = 0
+    while i < len(sylls):
+        n = 1
+        limit = int(rng.integers(1, 3))
+        while n < limit and i + n < len(sylls) and sylls[i + n][0] - sylls[i + n - 1][1] < 1e-9:
+            n += 1
+        start = math.ceil(sylls[i][0] * WDSEG_FRAMES_PER_S)
+        end = max(start, math.floor(sylls[i + n - 1][1] * WDSEG_FRAMES_PER_S) - 1)
+        words.append((start, end))
+        i += n
+    last = int(duration_s * WDSEG_FRAMES_PER_S) - 1
+    rows: list[tuple[int, int, str]] = []
+    pos = 0
+    for k, (start, end) in enumerate(words):
+        if start > pos:
+            token = "<s>" if k == 0 else ("++BREATHING++" if rng.uniform() < 0.2 else "<sil>")
+            rows.append((pos, start - 1, token))
+        word = WORDS[int(rng.integers(len(WORDS)))] + ("(2)" if rng.uniform() < 0.1 else "")
+        rows.append((start, end, word))
+        pos = end + 1
+    if pos <= last:
+        rows.append((pos, last, "</s>"))
+    scores = [-int(rng.integers(2_000, 12_000)) * (e - s + 1) for s, e, _ in rows]
+    lines = [" SFrm  EFrm    SegAScr Word"]
+    lines += [f"{s:6d}{e:6d}{score:11d} {token}" for (s, e, token), score in zip(rows, scores, strict=True)]
+    lines.append(f" Total seg score: {sum(scores)}")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,8 +592,10 @@ def _write_iemocap(seed: int, mult: int, w: _Writer) -> list[Utterance]:
                 for rid, (ra, rv, rd) in zip(ratings.rater_ids, ratings.scores, strict=True):
                     lines.append(f"A-{rid}:\tval {rv}; act {ra}; dom  {rd};\t()")
                 lines.append("")
-                w.audio(session_dir / "sentences" / "wav" / dialog / f"{utt_id}.wav",
-                        _audio(seed, layout, len(utts), utt, SAMPLE_RATE), SAMPLE_RATE)
+                y, sylls = _voice(seed, layout, len(utts), utt, SAMPLE_RATE)
+                w.audio(session_dir / "sentences" / "wav" / dialog / f"{utt_id}.wav", y, SAMPLE_RATE)
+                w.text(session_dir / "sentences" / "ForcedAlignment" / dialog / f"{utt_id}.wdseg",
+                       _wdseg(_rng(seed, layout, "words", len(utts)), sylls, utt.duration_s))
                 utts.append(utt)
                 t = end + float(plan.uniform(0.3, 1.5))
                 speaker_g = "M" if speaker_g == "F" else "F"
@@ -661,6 +734,101 @@ def _write_librispeech(seed: int, mult: int, w: _Writer) -> list[Utterance]:
     return utts
 
 
+def _write_ami(seed: int, mult: int, w: _Writer) -> list[Utterance]:
+    layout = "ami"
+    plan = _rng(seed, layout, "plan")
+    # small: 2 groups, 3 meetings of 1-1.5 min (about 4 min of audio); full: 8 groups x 3 meetings of 1.5-3 min.
+    n_groups = 2 if mult == 1 else 8
+    length_range = (60.0, 90.0) if mult == 1 else (90.0, 180.0)
+    weights = np.array([0.7, 0.15, 0.05, 0.1])  # meetings: mostly neutral
+    utts: list[Utterance] = []
+    for g in range(n_groups):
+        series = f"{('ES', 'IS', 'TS')[g % 3]}{2002 + g:04d}"
+        genders = [("F", "M", "F", "M")[i] for i in plan.permutation(4)]
+        spks = [_make_speaker(plan, f"{series}_{'ABCD'[i]}", genders[i]) for i in range(4)]
+        for letter in "abc"[: 3 if mult > 1 else 2 - g % 2]:
+            meeting = f"{series}{letter}"
+            length = float(plan.uniform(*length_range))
+            n = int(round(length * SAMPLE_RATE))
+            # Room noise under everything (pink-ish, about -66 dBFS), so the gaps are quiet but not digital silence.
+            room = signal.lfilter([1.0], [1.0, -0.9], _white(_rng(seed, layout, "room", len(utts)), n))
+            mix = room / np.sqrt(np.mean(room**2)) * 10 ** (-66 / 20)
+            t = float(plan.uniform(1.0, 3.0))
+            who = -1
+            turn = k = 0
+            while True:
+                who = (who + 1 + int(plan.integers(3))) % 4 if who >= 0 else int(plan.integers(4))
+                planned = []
+                for _ in range(int(plan.integers(1, 4))):
+                    category = EMOTIONS_4[int(plan.choice(4, p=weights))]
+                    planned.append((category, _draw_latent(plan, category), _duration(plan),
+                                    float(plan.uniform(0.0, 0.1))))
+                if t + sum(d + p for _, _, d, p in planned) > length - 1.0:
+                    break
+                for category, latent, duration, pause in planned:
+                    utt = Utterance(f"{meeting}_u{k:03d}", spks[who], category, latent, duration, 0.5,
+                                    {"meeting": meeting, "offset_s": round(t, 3), "turn": turn})
+                    y = _audio(seed, layout, len(utts), utt, SAMPLE_RATE)
+                    i0 = int(round(t * SAMPLE_RATE))
+                    mix[i0:i0 + len(y)] += y[: n - i0]
+                    utts.append(utt)
+                    k += 1
+                    t += duration + pause
+                turn += 1
+                t += float(plan.uniform(1.0, 2.5))
+            w.audio(w.corpus_dir / meeting / "audio" / f"{meeting}.Mix-Headset.wav", np.clip(mix, -0.99, 0.99),
+                    SAMPLE_RATE)
+    return utts
+
+
+def _write_msp_improv(seed: int, mult: int, w: _Writer) -> list[Utterance]:
+    layout = "msp_improv"
+    plan = _rng(seed, layout, "plan")
+    rater_nums = plan.choice(10000, 40, replace=False)
+    pool = _rater_pool(seed, layout, [f"p{i:02d}-{1 + i % 4}-{int(n):04d}" for i, n in enumerate(rater_nums)])
+    n_sentences = 2 * mult  # the corpus has 20 target sentences; small: 2 x 4 emotions, about 22 takes per actor
+    weights_p = np.array([0.55, 0.2, 0.1, 0.15])  # talk between the takes: mostly neutral
+    utts: list[Utterance] = []
+    entries: list[tuple[str, str]] = []
+    for s in range(1, 7):
+        spks = {g: _make_speaker(plan, f"improv_{g}{s:02d}", g) for g in ("F", "M")}
+        counters: dict[tuple[str, str], int] = {}
+        for sentence in range(1, n_sentences + 1):
+            for target in EMOTIONS_4:
+                sent = f"S{sentence:02d}{IMPROV_CODES[target]}"
+                for g, other in (("F", "M"), ("M", "F")):
+                    for scenario, chance, expr, natural in IMPROV_TAKES:
+                        if chance < 1 and plan.uniform() >= chance:
+                            continue
+                        if scenario == "R":
+                            category = target
+                        elif scenario == "P":
+                            category = EMOTIONS_4[int(plan.choice(4, p=weights_p))]
+                        else:  # an improvisation drifts off its target now and then
+                            category = target if plan.uniform() < 0.75 else EMOTIONS_4[int(plan.integers(4))]
+                        counters[g, scenario] = counters.get((g, scenario), 0) + 1
+                        name = f"{sent}-{g}{s:02d}-{scenario}-{g}{other}{counters[g, scenario]:02d}"
+                        utt = Utterance(f"MSP-IMPROV-{name}", spks[g], category, _draw_latent(plan, category),
+                                        _duration(plan), expr,
+                                        {"session": f"session{s}", "sentence": sent, "scenario": scenario})
+                        ratings = _rate(plan, utt, pool, (1, 5), 0.7, NEIGHBOURS_IMPROV)
+                        naturalness = np.clip(np.rint(natural + plan.normal(0, 0.7, len(ratings.rater_ids))), 1, 5)
+                        cat = ratings.consensus_category()
+                        a, v, d = ratings.consensus_scores()
+                        lines = [f"UTD-IMPROV-{name}.avi; {IMPROV_CODES[cat] if cat else 'X'}; A:{a:.6f}; "
+                                 f"V:{v:.6f}; D:{d:.6f} ; N:{naturalness.mean():.6f};"]
+                        for rid, vote, (ra, rv, rd), rn in zip(ratings.rater_ids, ratings.votes, ratings.scores,
+                                                               naturalness, strict=True):
+                            lines.append(f"{rid}; {IMPROV_RATER_NAMES[vote]}; ; A:{ra:.1f}; V:{rv:.1f}; "
+                                         f"D:{rd:.1f}; N:{rn:.1f};")
+                        entries.append((name, "\n".join(lines)))
+                        w.audio(w.corpus_dir / "Audio" / f"session{s}" / sent / scenario / f"{utt.utt_id}.wav",
+                                _audio(seed, layout, len(utts), utt, SAMPLE_RATE), SAMPLE_RATE)
+                        utts.append(utt)
+    w.text(w.corpus_dir / "Evalution.txt", "\n\n".join(block for _, block in sorted(entries)) + "\n")
+    return utts
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
 
@@ -671,11 +839,14 @@ def generate(layout: str, out: Path, seed: int = 0, scale: str = "small") -> dic
     Args:
         layout: One of :data:`LAYOUTS`: ``iemocap`` (``IEMOCAP_full_release/Session{1..5}/...``), ``msp_podcast``
             (``MSP-Podcast/Audios`` + ``Labels/labels_consensus.csv``), ``callcenter`` (8 kHz telephone speech
-            with a CSV manifest, read by the ``csv`` adapter) or ``librispeech`` (``LibriSpeech/SPEAKERS.TXT`` and
-            ``train-clean-100/<speaker>/<chapter>/*.flac``, no emotion labels).
+            with a CSV manifest, read by the ``csv`` adapter), ``librispeech`` (``LibriSpeech/SPEAKERS.TXT`` and
+            ``train-clean-100/<speaker>/<chapter>/*.flac``, no emotion labels), ``ami``
+            (``amicorpus/<meeting>/audio/<meeting>.Mix-Headset.wav``: minutes-long meetings, no labels) or
+            ``msp_improv`` (``MSP-IMPROV/Evalution.txt`` + ``Audio/session<n>/<sentence>/<scenario>/*.wav``).
         out: Folder that receives the corpus folder (:data:`CORPUS_FOLDERS`); created if missing.
         seed: Non-negative integer; the same seed gives byte-identical files.
-        scale: ``small`` (a few hundred short utterances, seconds to write) or ``full`` (about 8x more).
+        scale: ``small`` (a few hundred short utterances, or 3 one-minute meetings; seconds to write) or ``full``
+            (about 8x more).
 
     Returns:
         Summary dict: ``layout``, ``corpus_dir``, ``seed``, ``scale``, ``n_utterances``, ``n_speakers``,
@@ -704,8 +875,12 @@ def generate(layout: str, out: Path, seed: int = 0, scale: str = "small") -> dic
         utts = _write_msp_podcast(int(seed), mult, w)
     elif layout == "callcenter":
         utts = _write_callcenter(int(seed), mult, w)
-    else:
+    elif layout == "librispeech":
         utts = _write_librispeech(int(seed), mult, w)
+    elif layout == "ami":
+        utts = _write_ami(int(seed), mult, w)
+    else:
+        utts = _write_msp_improv(int(seed), mult, w)
     w.truth(utts)
     return {
         "layout": layout, "corpus_dir": str(corpus_dir), "seed": int(seed), "scale": scale,

@@ -28,7 +28,8 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
     search: {sampler: tpe, num_samples: 16, max_concurrent: 2, scheduler: asha, grace_period: 2,
              reduction_factor: 2, metric: val_ccc_arousal, mode: max, seed: 0, ranges: {}, grids: {},
              per_layer_lambda: false, points_to_evaluate: []}
-    train: {max_epochs: 50, patience: 5, batch_size: 256, select_per_variant: true}
+    train: {max_epochs: 50, patience: 5, early_stopping: patience, batch_size: 256, select_per_variant: true,
+            lr_schedule: none, lr_factor: 0.5, min_lr: 1.0e-5}
     repeats: {seeds: 10}
     resources: {cpu: 1, gpu: 0, max_failures: 2}
     tracking: {uri: null, experiment: null}
@@ -48,25 +49,32 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from searchspace import center_loss, ladder, selective_mtl
+from searchspace import aae_mtl, center_loss, dcgan, ladder, selective_mtl
 
 # Families the config may name. The registry in trainables/ is the source of truth; searchspace cannot import it
 # (torch), so a test checks the two agree.
 KNOWN_FAMILIES = ("ladder", "dcgan", "center_loss", "selective_mtl", "aae_mtl")
 # Variants per family; a family without an entry is not checked here.
 VARIANTS: dict[str, tuple[str, ...]] = {"ladder": ladder.VARIANTS, "center_loss": center_loss.VARIANTS,
-                                        "selective_mtl": selective_mtl.VARIANTS}
+                                        "selective_mtl": selective_mtl.VARIANTS, "dcgan": dcgan.VARIANTS,
+                                        "aae_mtl": aae_mtl.VARIANTS}
 # Knobs each family's space accepts in search.ranges / search.grids; a family without an entry is not checked here.
 SPACE_KNOBS: dict[str, dict[str, tuple[str, ...]]] = {
     "ladder": {"ranges": tuple(ladder.RANGE_DEFAULTS), "grids": ladder.GRID_KNOBS},
     "center_loss": {"ranges": tuple(center_loss.RANGE_DEFAULTS), "grids": center_loss.GRID_KNOBS},
     "selective_mtl": {"ranges": tuple(selective_mtl.RANGE_DEFAULTS), "grids": selective_mtl.GRID_KNOBS},
+    "dcgan": {"ranges": tuple(dcgan.RANGE_DEFAULTS), "grids": dcgan.GRID_KNOBS},
+    "aae_mtl": {"ranges": tuple(aae_mtl.RANGE_DEFAULTS), "grids": aae_mtl.GRID_KNOBS},
 }
 # Each family's own check of its space options (variants, ranges, grids, per_layer_lambda, fixed); run when the
 # generic checks pass, so a range the space would reject (e.g. dropout [0, 1]) fails at load time.
 SPACE_CHECKS: dict[str, Callable[..., None]] = {"ladder": ladder.check_options,
                                                  "center_loss": center_loss.check_options,
-                                                 "selective_mtl": selective_mtl.check_options}
+                                                 "selective_mtl": selective_mtl.check_options,
+                                                 "dcgan": dcgan.check_options, "aae_mtl": aae_mtl.check_options}
+# Loop settings any family may search in search.grids (the driver suggests them, not the family's space): the
+# multitask-DCGAN paper searches the batch size. A searched one replaces its train.* value.
+LOOP_GRIDS = ("batch_size",)
 # Fixed weight pairs whose sum must stay <= 1 (the ladder's Eq. 2 gives dominance 1 - alpha - beta).
 SUM_AT_MOST_ONE: dict[str, tuple[str, str]] = {"ladder": ("alpha", "beta")}
 
@@ -285,12 +293,27 @@ class SearchConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """The training loop's budget; ``select_per_variant`` selects (and repeats) the best config of each variant."""
+    """The training loop's budget; ``select_per_variant`` selects (and repeats) the best config of each variant.
+
+    ``early_stopping`` says how ``patience`` counts: ``patience`` stops after that many epochs without a better
+    validation score (a tie counts as not better); ``consecutive_drops`` stops after that many consecutive epochs
+    *below* the best (a tie breaks the run), the multitask-DCGAN paper's rule (arXiv 1705.02394, Section 5). Either
+    way the checkpoint kept is the best epoch's.
+
+    ``lr_schedule``: ``none`` trains at the family's learning rate until early stopping; ``halve_on_plateau`` (the
+    semi-supervised AAE paper, Section 4.3) turns each early stop into a plateau instead: every fold goes back to its
+    best epoch's weights and optimizer state and trains on with the learning rates multiplied by ``lr_factor``, until
+    they would fall below ``min_lr``; then the trial stops.
+    """
 
     max_epochs: int = Field(50, ge=1)
     patience: int = Field(5, ge=1)
+    early_stopping: Literal["patience", "consecutive_drops"] = "patience"
     batch_size: int = Field(256, ge=1)
     select_per_variant: bool = True
+    lr_schedule: Literal["none", "halve_on_plateau"] = "none"
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-5, gt=0)
 
 
 class RepeatsConfig(_Section):
@@ -360,7 +383,13 @@ class SweepConfig(_Section):
         knobs = SPACE_KNOBS.get(self.model.family)
         for kind, given in (("ranges", search.ranges), ("grids", search.grids)):
             for name in given:
-                if knobs is not None and name not in knobs[kind]:
+                if kind == "grids" and name in LOOP_GRIDS:
+                    values = given[name]
+                    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                             for v in values):
+                        problems.append((("search", "grids", name), f"must be a non-empty list of integers >= 1 "
+                                                                    f"(e.g. [32, 64, 128]), got {values!r}"))
+                elif knobs is not None and name not in knobs[kind]:
                     problems.append((("search", kind, name), f"not a {kind[:-1]} knob of family "
                                                              f"{self.model.family!r}; use one of {list(knobs[kind])}"))
                 elif name in fixed:
@@ -375,7 +404,8 @@ class SweepConfig(_Section):
         check = SPACE_CHECKS.get(self.model.family)
         if check is not None and not problems:
             try:
-                check(self.model.variants, search.ranges, search.grids, search.per_layer_lambda, fixed=fixed)
+                family_grids = {k: v for k, v in search.grids.items() if k not in LOOP_GRIDS}
+                check(self.model.variants, search.ranges, family_grids, search.per_layer_lambda, fixed=fixed)
             except ValueError as err:
                 hint = "" if ";" in str(err) else "; fix search.ranges, search.grids or model.fixed"
                 problems.append((("search",), f"{err}{hint}"))

@@ -71,3 +71,15 @@ def iemocap_cl_shards(synth_corpora, tmp_path_factory):
     out = tmp_path_factory.mktemp("cl_shards")
     ingest("iemocap", synth_corpora / "iemocap", out, ["mfcc", "logmel128"], shard_size=128)
     return out
+
+
+@pytest.fixture(scope="session")
+def dcgan_shards(synth_corpora, tmp_path_factory):
+    """The dcgan family's data: ``spectrogram1024`` shards of the synthetic IEMOCAP (labelled, word alignments) and
+    AMI (unlabeled meeting chunks) corpora: ``shard_root`` with ``iemocap/`` and ``ami/`` folders."""
+    from data_io.ingest import ingest
+
+    out = tmp_path_factory.mktemp("dcgan_shards")
+    ingest("iemocap", synth_corpora / "iemocap", out, ["spectrogram1024"], shard_size=128)
+    ingest("ami", synth_corpora / "ami", out, ["spectrogram1024"], shard_size=128)
+    return out

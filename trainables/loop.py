@@ -24,7 +24,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from data_io.feed import EvalSet, Feed, TrainSet, class_names, corpus_groups, device_stream, fit_encoders, labelled_only
+from data_io.feed import (
+    EvalSet,
+    Feed,
+    TrainSet,
+    class_names,
+    corpus_groups,
+    device_stream,
+    fit_encoders,
+    keep_aux_speakers,
+    labelled_only,
+)
 from data_io.store import FeatureStore, Normalizer, fit_normalizer
 from data_io.targets import TargetSpec
 from trainables import metrics as M
@@ -34,9 +44,12 @@ from trainables.registry import Family, get_family
 
 # Keys of a trial config that drive the loop rather than the model (``input``: which of ``data.inputs`` the trial's
 # data come from, chosen by the Ray edge).
-LOOP_KEYS = ("family", "seed", "max_epochs", "patience", "batch_size", "metric", "mode", "input")
-LOOP_DEFAULTS = {"seed": 0, "max_epochs": 50, "patience": 5, "batch_size": 256, "metric": "val_ccc_mean",
-                 "mode": "max"}
+LOOP_KEYS = ("family", "seed", "max_epochs", "patience", "early_stopping", "batch_size", "metric", "mode", "input",
+             "lr_schedule", "lr_factor", "min_lr")
+LOOP_DEFAULTS = {"seed": 0, "max_epochs": 50, "patience": 5, "early_stopping": "patience", "batch_size": 256,
+                 "metric": "val_ccc_mean", "mode": "max", "lr_schedule": "none", "lr_factor": 0.5, "min_lr": 1e-5}
+EARLY_STOPPING = ("patience", "consecutive_drops")
+LR_SCHEDULES = ("none", "halve_on_plateau")
 
 Report = Callable[[dict, dict | None], None]
 
@@ -67,7 +80,20 @@ def split_config(config: Mapping, family: Family) -> tuple[dict, dict]:
                          f"{sorted(fields)} nor loop settings {list(LOOP_KEYS)}")
     if loop["mode"] not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {loop['mode']!r}")
+    if loop["early_stopping"] not in EARLY_STOPPING:
+        raise ValueError(f"early_stopping must be one of {list(EARLY_STOPPING)}, got {loop['early_stopping']!r}")
+    if loop["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {loop['lr_schedule']!r}")
+    factor, min_lr = loop["lr_factor"], loop["min_lr"]
+    if not (_is_real(factor) and 0 < factor < 1):
+        raise ValueError(f"0 < lr_factor < 1 must hold, got {factor!r}")
+    if not (_is_real(min_lr) and min_lr > 0):
+        raise ValueError(f"min_lr > 0 must hold, got {min_lr!r}")
     return model_kwargs, loop
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
 
 
 def seed_everything(seed: int) -> None:
@@ -188,6 +214,9 @@ class FoldRun:
         store = data.store
         # Auxiliary rows train every fold; they are never validated (DESIGN.md, Data).
         train_rows = np.concatenate([store.rows(fold.train_ids), store.auxiliary_rows()])
+        # The auxiliary speakers a family keeps (sampling.aux_speakers) before anything is fitted on the rows: the
+        # speaker encoder's classes and the normalisation are those of the rows that train.
+        train_rows = keep_aux_speakers(feed.sampling, store, train_rows)
         val_rows = labelled_only(store, store.rows(fold.val_ids))
         self.encoders = data.new_encoders()
         fit_encoders(self.encoders, store, train_rows)  # training rows only: validation must not leak into them
@@ -199,6 +228,8 @@ class FoldRun:
         torch.manual_seed(seed + 1000 * fold_index)  # different folds start from different weights
         self.model = family.model_cls(cfg, self.spec).to(device)
         self.optimizers = self.model.configure_optimizers()
+        # Each parameter group's learning rate as configured: the lr schedule scales these (never compounds them).
+        self.base_lrs = {k: [float(g["lr"]) for g in o.param_groups] for k, o in self.optimizers.items()}
         self.data_seconds = 0.0
 
     def train_epoch(self, epoch: int, batch_size: int) -> float:
@@ -234,6 +265,21 @@ class FoldRun:
         self.generator.set_state(state["generator"])
         self.model.set_epoch(int(state["epoch"]))
 
+    def restore_weights(self, state: Mapping, lr_scale: float) -> None:
+        """Go back to a snapshot's model and optimizer state (the lr schedule's best epoch) and train on at
+        ``lr_scale`` times the configured learning rates. The data generator and the epoch count run on: the epochs
+        after a restore draw new batches."""
+        self.model.load_state_dict(state["model"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])  # this brings back the snapshot's learning rates
+        self.set_lr_scale(lr_scale)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Every parameter group's learning rate to ``scale`` times its configured value."""
+        for key, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[key], strict=True):
+                group["lr"] = base * scale
+
 
 def _spec_dict(spec: DataSpec) -> dict:
     return {"input_shape": list(spec.input_shape), "targets": list(spec.targets), "n_classes": dict(spec.n_classes),
@@ -246,6 +292,91 @@ def _better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+@dataclasses.dataclass
+class EarlyStopping:
+    """When to stop on the validation objective, and its best epoch (the checkpoint kept).
+
+    Rules (``train.early_stopping``):
+
+    * ``patience``: stop after ``patience`` epochs without a better value; an epoch equal to the best counts as one
+      of them.
+    * ``consecutive_drops``: the multitask-DCGAN paper's rule (arXiv 1705.02394, Section 5): from the best value so
+      far (a local maximum), stop after ``patience`` *consecutive* epochs below it; a better value is the new local
+      maximum and restarts the count, and so does an equal one (it is not lower), while the best epoch stays the
+      first to reach the value. The paper then restores the best epoch's weights: the loop checkpoints only on
+      improvement, so the trial's last checkpoint is that epoch.
+
+    Attributes:
+        rule: One of :data:`EARLY_STOPPING`.
+        patience: Epochs (``patience``) or consecutive lower epochs (``consecutive_drops``) before stopping.
+        mode: ``max`` or ``min``.
+        best: Best value so far (None before the first epoch).
+        best_epoch: 1-based epoch of ``best`` (0 before the first epoch).
+        bad_epochs: The count the rule compares with ``patience``.
+    """
+
+    rule: str
+    patience: int
+    mode: str = "max"
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record epoch ``epoch``'s (1-based) value; True when it is the new best."""
+        if _better(value, self.best, self.mode):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        if self.rule == "consecutive_drops" and value == self.best:
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclasses.dataclass
+class HalveOnPlateau:
+    """``train.lr_schedule: halve_on_plateau``, the semi-supervised AAE paper's schedule (Section 4.3): "If the
+    accuracy of the model did not improve on the validation set after 5 epochs, we restored the model to best epoch
+    and learning rate was halved. This process continued until the learning rate reached below 0.00001."
+
+    A plateau is what :class:`EarlyStopping` would stop at (``train.patience`` and ``train.early_stopping`` say how
+    epochs without gain count). There every learning rate is multiplied by ``factor`` and every fold goes back to its
+    best epoch's weights and optimizer state, kept in memory; when the largest learning rate would fall below
+    ``min_lr`` the trial stops instead. With lr 1e-4 a trial trains at 1e-4, 5e-5, 2.5e-5 and 1.25e-5, then stops.
+
+    Attributes:
+        factor: Multiplier of the learning rates at each plateau (``train.lr_factor``), in (0, 1).
+        min_lr: The learning rate below which training stops (``train.min_lr``).
+        scale: The current multiplier of the configured learning rates.
+        halvings: Plateaus so far that lowered the rate.
+    """
+
+    factor: float = 0.5
+    min_lr: float = 1e-5
+    scale: float = 1.0
+    halvings: int = 0
+
+    def at_plateau(self, stopping: EarlyStopping, lr: float) -> bool:
+        """Called when ``stopping.stop``: True to train on at the new :attr:`scale` from the best epoch (its count
+        of epochs without gain starts again), False to stop.
+
+        Args:
+            stopping: The trial's early stopping; its ``bad_epochs`` is reset when training goes on.
+            lr: The largest configured learning rate (at scale 1).
+        """
+        if lr * self.scale * self.factor < self.min_lr:
+            return False
+        self.scale *= self.factor
+        self.halvings += 1
+        stopping.bad_epochs = 0
+        return True
+
+
 def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: Mapping | None = None,
               device: str | torch.device = "cpu") -> dict:
     """Train one configuration on every search fold; report mean validation metrics after every epoch.
@@ -254,6 +385,8 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
         config: Flat trial config: ``family``, the family's config fields, loop settings (``LOOP_KEYS``).
         data: The search data (train and validation rows only).
         report: ``report(metrics, state)``; ``state`` is given when the objective improved (checkpoint it).
+            With ``lr_schedule: halve_on_plateau`` the metrics carry ``lr_scale`` and ``lr_halvings``
+            (:class:`HalveOnPlateau`).
         resume_state: A state from an earlier checkpoint of this trial, to continue after a failure.
         device: Torch device.
 
@@ -272,14 +405,24 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
     feed = family_feed(cfg)
     folds = [FoldRun(family, cfg, feed, data, k, seed, device) for k in range(len(data.folds))]
     metric, mode = loop["metric"], loop["mode"]
-    start_epoch, best, best_epoch, bad_epochs = 0, None, 0, 0
+    start_epoch = 0
+    stopping = EarlyStopping(str(loop["early_stopping"]), int(loop["patience"]), mode)
+    schedule = (HalveOnPlateau(float(loop["lr_factor"]), float(loop["min_lr"]))
+                if loop["lr_schedule"] == "halve_on_plateau" else None)
+    best_folds = None  # with a schedule: the best epoch's fold states, restored at a plateau
     if resume_state is not None:
         for fold, state in zip(folds, resume_state["folds"], strict=True):
             fold.load_state(state)
         start_epoch = int(resume_state["epoch"]) + 1
-        best, best_epoch = float(resume_state["best"]), int(resume_state["best_epoch"])
-        bad_epochs = int(resume_state["bad_epochs"])
+        stopping.best, stopping.best_epoch = float(resume_state["best"]), int(resume_state["best_epoch"])
+        stopping.bad_epochs = int(resume_state["bad_epochs"])
         torch.set_rng_state(resume_state["torch_rng"])
+        if schedule is not None:  # a checkpoint is the best epoch's, so it is also the state to restore
+            schedule.scale = float(resume_state.get("lr_scale", 1.0))
+            schedule.halvings = int(resume_state.get("lr_halvings", 0))
+            best_folds = resume_state["folds"]
+            for fold in folds:
+                fold.set_lr_scale(schedule.scale)
 
     last: dict = {}
     for epoch in range(start_epoch, int(loop["max_epochs"])):
@@ -307,16 +450,20 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
         # behind on a GPU): the data path's cost, next to the step's.
         data_share = sum(f.data_seconds for f in folds) / max(train_seconds, 1e-9)
         metrics.update(epoch=epoch + 1, train_loss=float(np.mean(train_losses)), data_time_share=data_share)
-        improved = _better(metrics[metric], best, mode)
-        if improved:
-            best, best_epoch, bad_epochs = metrics[metric], epoch + 1, 0
-        else:
-            bad_epochs += 1
-        metrics.update({f"best_{metric}": best, "best_epoch": best_epoch,
-                        "early_stopped": bad_epochs >= int(loop["patience"])})
+        improved = stopping.update(metrics[metric], epoch + 1)
+        stop, restore = stopping.stop, False
+        if stop and schedule is not None:  # a plateau: lower the rates and go back to the best epoch, or stop
+            restore = schedule.at_plateau(stopping, max(max(lrs) for lrs in folds[0].base_lrs.values()))
+            stop = not restore
+        metrics.update({f"best_{metric}": stopping.best, "best_epoch": stopping.best_epoch, "early_stopped": stop})
+        if schedule is not None:
+            metrics.update(lr_scale=schedule.scale, lr_halvings=schedule.halvings)  # what the next epoch trains at
         state = None
         if improved:
-            state = {"epoch": epoch, "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+            state = {"epoch": epoch, "best": stopping.best, "best_epoch": stopping.best_epoch,
+                     "bad_epochs": stopping.bad_epochs,
+                     "lr_scale": schedule.scale if schedule else 1.0,
+                     "lr_halvings": schedule.halvings if schedule else 0,
                      "torch_rng": torch.get_rng_state(), "folds": [f.state() for f in folds],
                      "config": {k: _plain(v) for k, v in config.items()},
                      "spec": _spec_dict(folds[0].spec), "classes": class_names(folds[0].encoders),
@@ -325,9 +472,14 @@ def run_trial(config: Mapping, data: SearchData, report: Report, resume_state: M
                      "emotion_classes": list(data.classes.get("emotion") or []),
                      "emotion_merge": dict(data.emotion_merge),
                      "fold_metrics": [{k: float(v) for k, v in m.items()} for m in fold_metrics]}
+        if improved and schedule is not None:
+            best_folds = state["folds"]
         report(metrics, state)
         last = metrics
-        if bad_epochs >= int(loop["patience"]):
+        if restore:
+            for fold, snapshot in zip(folds, best_folds, strict=True):
+                fold.restore_weights(snapshot, schedule.scale)
+        if stop:
             break  # early stopping on validation (the paper's criterion); ASHA may stop us sooner
     return last
 

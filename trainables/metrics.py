@@ -16,7 +16,8 @@ import torch
 from scipy import stats
 
 __all__ = ["ccc", "pearson_r", "unweighted_accuracy", "weighted_accuracy", "macro_f1", "confusion_matrix",
-           "eer", "welch_one_tailed", "ccc_loss"]
+           "fuzzy_unweighted_accuracy", "expected_level", "eer", "verification_trials", "welch_one_tailed",
+           "ccc_loss"]
 
 
 def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +132,79 @@ def macro_f1(pred, target) -> float:
     return float(np.mean(scores))
 
 
+def _distributions(dist, name: str) -> np.ndarray:
+    d = np.asarray(dist, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] == 0 or d.shape[1] < 2:
+        raise ValueError(f"{name} must be a non-empty (N, C) array of distributions with C >= 2, got shape {d.shape}")
+    return d
+
+
+def fuzzy_unweighted_accuracy(pred, soft_target, pool=None, tol: float = 1e-6) -> float:
+    """UA over soft labels that accepts every label of a perfect rater tie (arXiv 1705.02394, "Evaluation Strategy").
+
+    A row's true classes ``T_n`` are the maxima of its soft label (within ``tol``): one class, or two or more when the
+    raters were split evenly (4.5 -> ``{4, 5}``); predicting any of them is correct. A row belongs to each of its
+    classes with weight ``1 / |T_n|``, whatever the prediction, so the classes' sizes do not depend on the model:
+    ``recall_k = sum_n w_nk [pred_n in T_n] / sum_n w_nk`` over the classes with rows, and UA is their mean. Without
+    ties this is :func:`unweighted_accuracy` of the soft labels' argmax.
+
+    Args:
+        pred: (N,) predicted class indices in ``[0, C)``.
+        soft_target: (N, C) label distributions (e.g. the ``soft5`` encoder's).
+        pool: Optional class map of length C onto pooled classes, applied to predictions and true classes alike (the
+            paper's 3-point scale: ``(0, 0, 1, 2, 2)`` pools levels 1-2 / 3 / 4-5).
+        tol: How close to the maximum a label's entry must be to count as tied.
+
+    Raises:
+        ValueError: Non-finite, negative or all-zero soft labels, a bad shape, a prediction or pool outside range.
+    """
+    y = _distributions(soft_target, "soft_target")
+    p = np.asarray(pred).reshape(-1)
+    if p.dtype.kind == "f" and not _finite(p):
+        raise ValueError("pred class labels hold non-finite values; class labels are integers")
+    if len(p) != len(y):
+        raise ValueError(f"pred and soft_target must have the same length, got {len(p)} and {len(y)}")
+    p = p.astype(np.int64)
+    if not np.all(np.isfinite(y)) or (y < 0).any() or not (y.sum(axis=1) > 0).all():
+        raise ValueError("soft_target rows must be finite, non-negative and not all zero (pass labelled rows only)")
+    n_classes = y.shape[1]
+    if p.min() < 0 or p.max() >= n_classes:
+        raise ValueError(f"pred must lie in [0, {n_classes}), got range [{p.min()}, {p.max()}]")
+    tied = y >= y.max(axis=1, keepdims=True) - tol  # (N, C) the true classes of each row
+    if pool is not None:
+        pool = np.asarray(pool, dtype=np.int64).reshape(-1)
+        if len(pool) != n_classes or pool.min() < 0:
+            raise ValueError(f"pool must map each of the {n_classes} classes to a pooled class >= 0, got "
+                             f"{pool.tolist()}")
+        onto = np.zeros((n_classes, int(pool.max()) + 1), dtype=bool)
+        onto[np.arange(n_classes), pool] = True
+        tied, p = (tied.astype(np.int64) @ onto) > 0, pool[p]
+    correct = tied[np.arange(len(p)), p]  # (N,)
+    weight = tied / tied.sum(axis=1, keepdims=True)  # (N, K)
+    size = weight.sum(axis=0)
+    present = size > 0
+    return float(np.mean((weight * correct[:, None]).sum(axis=0)[present] / size[present]))
+
+
+def expected_level(dist, levels=None) -> np.ndarray:
+    """``sum_k level_k p_k`` per row (arXiv 1705.02394: a predicted 5-level distribution back to a rating).
+
+    Applied to a ``soft5`` label it gives back the mean rating it encodes (4.5 -> ``[0, 0, 0, .5, .5]`` -> 4.5).
+
+    Args:
+        dist: (N, C) distributions.
+        levels: (C,) the value of each class; default ``1 .. C``.
+
+    Returns:
+        (N,) float64; NaN where a row is not finite.
+    """
+    d = _distributions(dist, "dist")
+    values = np.arange(1, d.shape[1] + 1, dtype=np.float64) if levels is None else np.asarray(levels, np.float64)
+    if values.shape != (d.shape[1],):
+        raise ValueError(f"levels must have one value per class ({d.shape[1]}), got shape {values.shape}")
+    return d @ values
+
+
 # ---- speaker verification ----------------------------------------------------------------------------------
 
 def eer(scores, labels) -> float:
@@ -169,6 +243,63 @@ def eer(scores, labels) -> float:
         return float(far[i])
     w = d[i - 1] / (d[i - 1] - d[i])
     return float(far[i - 1] + w * (far[i] - far[i - 1]))
+
+
+def verification_trials(embeddings, speakers, enrol: int, order=None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine-scored speaker verification trials of utterance embeddings (d-vectors, Variani et al. 2014; the
+    semi-supervised AAE paper, Section 6.2: "20 utterances of speakers for enrolment and remaining for evaluation").
+
+    Per speaker, its utterances sorted by ``order`` (then by position), the first ``min(enrol, n // 2)`` enrol and
+    the rest are trials, so a speaker with fewer than ``2 * enrol`` utterances keeps half of them (at least one) for
+    trials; a speaker with one utterance is left out. The speaker model is the mean of its enrolment embeddings.
+    Every trial is scored against every speaker model by cosine similarity (0 against a zero vector): one target
+    trial (its own speaker) and one non-target trial per other speaker.
+
+    Args:
+        embeddings: (N, H) one embedding per utterance.
+        speakers: (N,) speaker identities (any hashable values; ``corpus/speaker`` across corpora).
+        enrol: Enrolment utterances per speaker (>= 1).
+        order: (N,) sort keys (e.g. utterance ids) that decide which utterances enrol; None keeps the given order.
+
+    Returns:
+        ``(scores, is_target)``: (K,) float64 cosine scores and (K,) int64 1 for target, 0 for non-target trials;
+        both empty when fewer than two speakers have two utterances.
+
+    Raises:
+        ValueError: Mismatched lengths, non-finite embeddings, or ``enrol < 1``.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or len(emb) != len(speakers) or (order is not None and len(order) != len(emb)):
+        raise ValueError(f"embeddings must be (N, H) with one speaker (and order key) per row, got shape {emb.shape}, "
+                         f"{len(speakers)} speakers" + ("" if order is None else f", {len(order)} order keys"))
+    if not _finite(emb):
+        raise ValueError("embeddings hold non-finite values")
+    if enrol < 1:
+        raise ValueError(f"enrol >= 1 must hold, got {enrol}")
+    keys = list(range(len(emb))) if order is None else [(str(k), i) for i, k in enumerate(order)]
+    by_speaker: dict = {}
+    for i in sorted(range(len(emb)), key=lambda i: keys[i]):
+        by_speaker.setdefault(speakers[i], []).append(i)
+    models, trials = [], []
+    for rows in by_speaker.values():
+        if len(rows) < 2:
+            continue
+        k = min(enrol, len(rows) // 2)
+        models.append(emb[rows[:k]].mean(axis=0))
+        trials += [(i, len(models) - 1) for i in rows[k:]]
+    if len(models) < 2:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(v, axis=-1, keepdims=True)
+        return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+
+    rows = np.array([i for i, _ in trials])
+    own = np.array([m for _, m in trials])
+    scores = unit(emb[rows]) @ unit(np.stack(models)).T  # (trials, speakers)
+    is_target = np.zeros_like(scores, dtype=np.int64)
+    is_target[np.arange(len(rows)), own] = 1
+    return scores.reshape(-1), is_target.reshape(-1)
 
 
 # ---- significance ------------------------------------------------------------------------------------------

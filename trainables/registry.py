@@ -10,10 +10,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from searchspace import aae_mtl as aae_mtl_space
 from searchspace import center_loss as center_loss_space
+from searchspace import dcgan as dcgan_space
 from searchspace import ladder as ladder_space
 from searchspace import selective_mtl as selective_mtl_space
-from trainables import center_loss, ladder, selective_mtl
+from trainables import aae_mtl, center_loss, dcgan, ladder, selective_mtl
 from trainables.base import SERModel
 
 
@@ -35,6 +37,8 @@ class Family:
             Optuna parameter names (e.g. ``beta`` -> ``beta_share``).
         arm_params: Config fields that, beside the variant (and input), make a row of the paper's tables: selection
             and repeats are per value (e.g. the selective-MTL paper's ``half`` data setting).
+        needs_auxiliary: Variants that learn from unlabeled rows (the DCGAN variants): a sweep of one of them with
+            an empty ``data.auxiliary`` is refused before Ray starts.
     """
 
     name: str
@@ -46,6 +50,7 @@ class Family:
     grid_fixed: dict = dataclasses.field(default_factory=dict)
     warm_start: Callable | None = None
     arm_params: tuple[str, ...] = ()
+    needs_auxiliary: tuple[str, ...] = ()
 
     def config_fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.config_cls)}
@@ -61,6 +66,13 @@ FAMILIES: dict[str, Family] = {
     "selective_mtl": Family("selective_mtl", selective_mtl.SelectiveMTLConfig, selective_mtl.SelectiveMTLModel,
                             selective_mtl_space.space, grid_space=selective_mtl_space.grid_search_space,
                             grid_fixed=dict(selective_mtl_space.PAPER_FIXED), arm_params=("half",)),
+    "dcgan": Family("dcgan", dcgan.DCGANConfig, dcgan.DCGANModel, dcgan_space.space,
+                    search_only=dcgan_space.SEARCH_ONLY_PARAMS, grid_space=dcgan_space.grid_search_space,
+                    grid_fixed=dict(dcgan_space.PAPER_FIXED), warm_start=dcgan_space.warm_start_params,
+                    needs_auxiliary=("basic_dcgan", "multitask_dcgan")),
+    "aae_mtl": Family("aae_mtl", aae_mtl.AAEMTLConfig, aae_mtl.AAEMTLModel, aae_mtl_space.space,
+                      grid_space=aae_mtl_space.grid_search_space, grid_fixed=dict(aae_mtl_space.PAPER_FIXED),
+                      arm_params=("aux_tasks",)),
 }
 
 

@@ -39,3 +39,21 @@ def tiny_sweep_config(tmp_path: Path, shard_dir: Path, name: str, experiment: st
         "model.fixed": {"hidden": [16, 16]}, "search.sampler": "random", "search.num_samples": 2,
         "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2, "repeats.seeds": 1,
         "resources.max_failures": 0})
+
+
+def run_sweep_in(folder: Path, config: Path, num_cpus: int = 2):
+    """``run_sweep(config)`` from ``folder`` (MLflow's sqlite artifact root is the working folder at experiment
+    creation), its console output swallowed; the working folder is restored."""
+    import contextlib
+    import io
+    import os
+
+    from cluster.sweep import run_sweep
+
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return run_sweep(config, num_cpus=num_cpus)
+    finally:
+        os.chdir(here)

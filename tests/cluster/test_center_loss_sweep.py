@@ -3,13 +3,11 @@ the parent run, and `emotune report` printing Tables 1 and 2."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-import os
 
 import pytest
 
+from tests.cluster.helpers import run_sweep_in
 from tests.cluster.test_inputs_and_filters import _center_loss_config
 
 
@@ -18,20 +16,13 @@ def test_center_loss_sweep_logs_the_papers_tables_and_tsne(iemocap_cl_shards, tm
     from mlflow.tracking import MlflowClient
 
     from cluster.cli import main
-    from cluster.sweep import run_sweep
 
     path = _center_loss_config(tmp_path, iemocap_cl_shards, **{
         "name": "cl_sweep", "tracking.experiment": "cl_exp", "registry.model_name": "cl-model",
         "model.variants": ["s_a_c"], "search.sampler": "grid", "search.max_concurrent": 2,
         "train.max_epochs": 2, "train.patience": 2, "train.batch_size": 16, "repeats.seeds": 1,
         "resources.max_failures": 0})
-    here = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = run_sweep(path, num_cpus=2)
-    finally:
-        os.chdir(here)
+    result = run_sweep_in(tmp_path, path)
     arms = {"s_a_c-mfcc", "s_a_c-logmel128"}
     assert set(result.selected) == arms and result.search_trials == 2
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

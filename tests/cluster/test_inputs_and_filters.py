@@ -58,7 +58,7 @@ def test_inputs_are_searched_and_label_the_arms(iemocap_cl_shards, tmp_path):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(20):
-        params = space_with_constants(study.ask(), prep.family.space, prep.constants, tuple(prep.inputs),
+        params = space_with_constants(study.ask(), prep.family.space, prep.constants, prep.choices,
                                       **prep.space_kwargs)
         seen.add(arm_label(params))
     assert seen == {"s-mfcc", "s-logmel128", "s_c-mfcc", "s_c-logmel128"}
@@ -114,3 +114,26 @@ def test_tsne_plot_samples_per_class_and_draws_panels():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least 3 points"):
         plots.tsne_plot({"S": (feats[:2], labels[:2])}, ["n"], title="t")
+
+
+def test_a_searched_batch_size_is_the_drivers_choice_for_any_family(tmp_path, msp_functionals):
+    """search.grids.batch_size: every sampler suggests it (the grid crosses it), it replaces train.batch_size, and
+    points may name it; bad values fail at load."""
+    from searchspace.schema import ConfigError
+
+    shard_dir = msp_functionals[0] / "msp_podcast" / "functionals"
+    prep = prepare(write_config(tmp_path, shard_dir, **{"search.grids": {"batch_size": [16, 32]}}))
+    assert "batch_size" not in prep.constants and prep.choices == {"batch_size": [16, 32]}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {space_with_constants(study.ask(), prep.family.space, prep.constants, prep.choices,
+                                 **prep.space_kwargs)["batch_size"] for _ in range(12)}
+    assert seen == {16, 32}
+    grid = prepare(write_config(tmp_path, shard_dir, **{"search.sampler": "grid", "search.ranges": {},
+                                                         "search.grids": {"batch_size": [16, 32]}}))
+    others = [len(v) for k, v in grid.grid.items() if k != "batch_size"]
+    assert grid.grid["batch_size"] == [16, 32] and grid.num_samples == 2 * int(np.prod(others))  # the grid crosses it
+    pointed = prepare(write_config(tmp_path, shard_dir, **{"search.grids": {"batch_size": [16, 32]},
+                                                            "search.points_to_evaluate": [{"batch_size": 32}]}))
+    assert pointed.points == [{"batch_size": 32}]
+    with pytest.raises(ConfigError, match="batch_size"):
+        prepare(write_config(tmp_path, shard_dir, **{"search.grids": {"batch_size": [0, 32]}}))

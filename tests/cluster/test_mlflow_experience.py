@@ -120,8 +120,10 @@ def test_shard_sets_are_dataset_inputs_of_the_parent_and_every_trial(store, fini
         assert f'"rows": {ss.manifest.total_rows}' in ds.profile and ss.content_hash in ds.profile
 
 
-def test_registered_model_is_named_described_and_linked_to_its_repeat_run(store, finished_sweep):
+def test_registered_model_is_named_described_and_linked_to_its_repeat_run(store, finished_sweep, monkeypatch):
     import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished_sweep.uri)  # models:/ URIs resolve in the tracking store
 
     from data_io import shards
 

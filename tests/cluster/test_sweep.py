@@ -127,6 +127,7 @@ def test_sweep_end_to_end(finished_sweep, monkeypatch):
 
     ss = shards.open_shards(finished_sweep.shard_dir)
     x = ss.stack(ss.metadata()["utt_id"].to_pylist()[:5]).astype(np.float64)  # the signature's dtype
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished_sweep.uri)  # a sweep leaves the caller's URI as it was
     predicted = mlflow.pyfunc.load_model("models:/t-model@candidate").predict(x)
     assert predicted.shape == (5, 3) and np.isfinite(predicted.to_numpy()).all()
 

@@ -17,7 +17,9 @@ from data_io.schema import EMOTION_VOCAB, UtteranceRecord
 
 # synthetic layout -> adapter that reads it
 LAYOUT_ADAPTER = {"iemocap": "iemocap", "msp_podcast": "msp_podcast", "callcenter": "csv",
-                  "librispeech": "librispeech"}
+                  "librispeech": "librispeech", "ami": "ami", "msp_improv": "msp_improv"}
+# Layouts whose records are the generator's utterances (AMI's are speech chunks of meetings: its own test file).
+UTTERANCE_LAYOUTS = tuple(layout for layout in synth.LAYOUTS if layout != "ami")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def _write_wav(path: Path, seconds: float = 0.3, sr: int = 16_000) -> Path:
 # Synthetic corpora, read back
 
 
-@pytest.mark.parametrize("layout", synth.LAYOUTS)
+@pytest.mark.parametrize("layout", UTTERANCE_LAYOUTS)
 def test_records_agree_with_the_generators_truth(synth_root, layout):
     adapter = get_adapter(LAYOUT_ADAPTER[layout], synth_root)
     records = adapter.records()
@@ -59,7 +61,10 @@ def test_records_agree_with_the_generators_truth(synth_root, layout):
         assert (r.speaker, r.gender) == (truth[r.utt_id]["speaker"], truth[r.utt_id]["gender"])
         assert r.audio_path.is_file() and r.audio_path.is_relative_to(adapter.root)
         assert r.corpus == LAYOUT_ADAPTER[layout]
-        assert r.words is None and r.metadata()["words"] is None  # no adapter reads word alignments yet
+        if layout == "iemocap":  # its forced alignments (tests/data_io/test_ami_and_alignments.py)
+            assert r.words and r.metadata()["words"] == list(r.words)
+        else:
+            assert r.words is None and r.metadata()["words"] is None
     assert adapter.unlabelled_files == []
     assert all(r.audio_path.suffix in (".wav", ".flac") for r in records)  # .synth_truth.jsonl is not a label
 
@@ -207,7 +212,7 @@ def test_unknown_adapter_name_lists_the_valid_ones(tmp_path):
         get_adapter("emodb", tmp_path)
     for name in ADAPTERS:
         assert name in str(err.value)
-    assert set(ADAPTERS) == {"iemocap", "msp_podcast", "msp_improv", "librispeech", "csv"}
+    assert set(ADAPTERS) == {"iemocap", "msp_podcast", "msp_improv", "librispeech", "csv", "ami"}
 
 
 def test_missing_root_names_the_path(tmp_path):
@@ -218,7 +223,7 @@ def test_missing_root_names_the_path(tmp_path):
 
 @pytest.mark.parametrize("name, expected", [
     ("iemocap", "EmoEvaluation"), ("msp_podcast", "labels_consensus.csv"), ("msp_improv", "Evalution.txt"),
-    ("librispeech", "SPEAKERS.TXT"), ("csv", "manifest.csv"),
+    ("librispeech", "SPEAKERS.TXT"), ("csv", "manifest.csv"), ("ami", "Mix-Headset.wav"),
 ])
 def test_missing_label_file_names_the_expected_file_and_layout(tmp_path, name, expected):
     (tmp_path / "empty").mkdir()

@@ -164,3 +164,78 @@ def test_windows_train_per_window_and_evaluate_per_utterance():
     outs = [b["x"].mean(axis=(1, 2)) for b in ev.batches(3)]
     pooled = ev.pool({"score": np.concatenate(outs)})
     assert pooled["score"].shape == (3,)
+
+
+# ---- aux_speakers (AAE paper, Fig. 4: how many LibriSpeech speakers feed the auxiliary tasks) ------------------
+
+def _aux_speakers_of(store, rows):
+    rows = np.asarray(rows)
+    aux = rows[store.is_auxiliary(rows)]
+    meta = store.meta.take(pa.array(aux))
+    return set(zip(meta.column("corpus").to_pylist(), meta.column("speaker").to_pylist(), strict=True))
+
+
+def test_aux_speakers_keeps_every_row_of_exactly_that_many_auxiliary_speakers():
+    store = labelled_store(n_aux=35)  # auxiliary speakers b0..b4, 7 rows each
+    rows = np.arange(store.num_rows)
+    labelled = rows[~store.is_auxiliary(rows)]
+    previous = set()
+    for n in range(1, 6):
+        ts, _ = train_set(store, Feed(sampling=Sampling(aux_speakers=n)), rows)
+        kept = _aux_speakers_of(store, ts.rows)
+        assert len(kept) == n and previous <= kept  # N speakers, and the N - 1 of the last step among them
+        assert int(store.is_auxiliary(ts.rows).sum()) == 7 * n  # all rows of a kept speaker
+        np.testing.assert_array_equal(ts.rows[~store.is_auxiliary(ts.rows)], labelled)  # labelled rows untouched
+        seen = np.concatenate([ts.index.rows[b] for b in ts.epoch(8)])
+        assert _aux_speakers_of(store, seen) == kept  # the epoch draws only the kept speakers' rows
+        previous = kept
+    # The choice is fixed by the speakers present, not by the fold's generator (every fold and seed repeat).
+    a, _ = train_set(store, Feed(sampling=Sampling(aux_speakers=2)), rows, seed=0)
+    b, _ = train_set(store, Feed(sampling=Sampling(aux_speakers=2)), rows, seed=5)
+    np.testing.assert_array_equal(a.rows, b.rows)
+
+
+def test_aux_speakers_beyond_the_available_keeps_every_auxiliary_row():
+    store = labelled_store(n_aux=35)
+    rows = np.arange(store.num_rows)
+    every, _ = train_set(store, Feed(), rows)
+    for n in (5, 600):
+        ts, _ = train_set(store, Feed(sampling=Sampling(aux_speakers=n)), rows)
+        np.testing.assert_array_equal(ts.rows, every.rows)
+    no_aux = labelled_store(n_aux=0)  # nothing auxiliary: nothing to choose, nothing to fail
+    ts, _ = train_set(no_aux, Feed(sampling=Sampling(aux_speakers=3)), np.arange(40))
+    assert len(ts.rows) == 40
+
+
+def test_keep_aux_speakers_is_idempotent_and_keeps_the_row_order():
+    from data_io.feed import keep_aux_speakers
+
+    store = labelled_store(n_aux=35)
+    sampling = Sampling(aux_speakers=3)
+    rows = np.random.default_rng(0).permutation(store.num_rows)
+    once = keep_aux_speakers(sampling, store, rows)
+    np.testing.assert_array_equal(keep_aux_speakers(sampling, store, once), once)
+    np.testing.assert_array_equal(once, [r for r in rows if r in set(once.tolist())])
+    np.testing.assert_array_equal(keep_aux_speakers(Sampling(), store, rows), rows)
+
+
+def test_aux_speakers_needs_a_speaker_on_every_auxiliary_row():
+    from data_io.feed import keep_aux_speakers
+
+    store = labelled_store(n_aux=10)
+    speaker = store.meta.column("speaker").to_pylist()
+    speaker[45] = None
+    meta = store.meta.set_column(store.meta.column_names.index("speaker"), "speaker", pa.array(speaker))
+    store = FeatureStore(meta=meta, values=store.values, offsets=store.offsets, shapes=store.shapes,
+                         label_scales=store.label_scales, feature_set="fs", sources=store.sources,
+                         source_index=store.source_index)
+    with pytest.raises(ValueError, match=r"1 auxiliary rows \(corpus \['books'\]\) have no speaker"):
+        keep_aux_speakers(Sampling(aux_speakers=2), store, np.arange(store.num_rows))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "600", True])
+def test_aux_speakers_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=r"aux_speakers must be an integer >= 1 .* got"):
+        Sampling(aux_speakers=bad)
+    assert Sampling(aux_speakers=np.int64(600)).aux_speakers == 600
+    assert type(Sampling(aux_speakers=np.int64(600)).aux_speakers) is int

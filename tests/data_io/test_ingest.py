@@ -43,14 +43,15 @@ def _shard_meta(out: Path, corpus: str, feature_set: str) -> dict[str, dict]:
     return {row["utt_id"]: row for row in ss.metadata().to_pylist()}
 
 
-def _assert_speech(rows: dict[str, dict]) -> None:
-    """Every row has speech inside its audio (the synthetic utterances all hold speech) and no word timings."""
+def _assert_speech(rows: dict[str, dict], words: bool = False) -> None:
+    """Every row has speech inside its audio (the synthetic utterances all hold speech) and word timings only when
+    ``words`` (the corpus ships alignments)."""
     for utt, got in rows.items():
         speech = np.asarray(got["speech"], dtype=np.float64)
         assert len(speech) >= 2 and len(speech) % 2 == 0, (utt, got["speech"])
         assert np.all(np.diff(speech) >= 0), (utt, got["speech"])  # sorted, disjoint [start, end] pairs
         assert speech[0] >= 0 and speech[-1] <= got["duration_s"], (utt, got["speech"], got["duration_s"])
-        assert got["words"] is None, utt
+        assert (got["words"] is not None) == words, utt
 
 
 def test_msp_podcast_labels_equal_label_file(corpora, msp_shards):
@@ -104,7 +105,7 @@ def test_iemocap_labels_equal_emoevaluation_files(corpora, tmp_path):
             (emotion, val, aro, dom), abs=1e-4)
         assert got["speaker"] == utt[:5] + utt.rsplit("_", 1)[1][0]  # Ses01F_impro01_M003 -> Ses01M
         assert got["session"] == f"Session{int(utt[3:5])}"
-    _assert_speech(rows)
+    _assert_speech(rows, words=True)
 
 
 def test_callcenter_csv_labels_and_resampling(corpora, tmp_path):

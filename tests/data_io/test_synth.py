@@ -65,7 +65,8 @@ def test_small_scale_generates_within_budget(corpora, layout):
     assert seconds < SMALL_BUDGET_S
     assert summary["layout"] == layout
     assert summary["files_written"] == len(_files(_corpus(corpora, layout)))
-    minimum = {"iemocap": (200, 10), "msp_podcast": (300, 30), "callcenter": (140, 12), "librispeech": (90, 8)}
+    minimum = {"iemocap": (200, 10), "msp_podcast": (300, 30), "callcenter": (140, 12), "librispeech": (90, 8),
+               "ami": (40, 8), "msp_improv": (200, 12)}
     n_utts, n_speakers = minimum[layout]
     assert summary["n_utterances"] >= n_utts and summary["n_speakers"] >= n_speakers
 
@@ -98,12 +99,16 @@ def test_truth_file_describes_every_utterance(corpora, layout):
         assert all(-1.0 <= t[k] <= 1.0 for k in ("arousal", "valence", "dominance"))
         assert 1.5 <= t["duration_s"] <= 4.0
     audio = {p.stem for p in folder.rglob("*") if p.suffix in (".wav", ".flac")}
-    assert audio == {t["utt_id"] for t in truth}
+    if layout == "ami":  # utterances are turns inside meeting recordings
+        assert audio == {f"{t['meeting']}.Mix-Headset" for t in truth}
+    else:
+        assert audio == {t["utt_id"] for t in truth}
 
 
 @pytest.mark.parametrize("layout, sample_rate, suffix", [
     ("iemocap", SAMPLE_RATE, ".wav"), ("msp_podcast", SAMPLE_RATE, ".wav"),
     ("callcenter", synth.TELEPHONE_RATE, ".wav"), ("librispeech", SAMPLE_RATE, ".flac"),
+    ("msp_improv", SAMPLE_RATE, ".wav"),
 ])
 def test_audio_decodes_mono_at_the_layout_rate(corpora, layout, sample_rate, suffix):
     files = sorted(p for p in _corpus(corpora, layout).rglob(f"*{suffix}"))

@@ -42,3 +42,17 @@ def test_grid_space():
 def test_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         space_mod.check_options(**{"variants": ("mtl",), **options})
+
+
+@pytest.mark.parametrize("name", ["selective_mtl.yaml", "selective_mtl_demo.yaml"])
+def test_shipped_configs_load(name):
+    from pathlib import Path
+
+    from searchspace.schema import load_sweep_config
+
+    cfg = load_sweep_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.model.family == "selective_mtl" and cfg.data.targets == ["emotion", "style"]
+    assert cfg.data.corpus_protocols["callcenter"]["protocol"] == "random_kfold" and cfg.data.protocol == "loso"
+    assert cfg.model.fixed["spontaneous_corpus"] == "callcenter"
+    arms = {(p["variant"], p["half"]) for p in cfg.search.points_to_evaluate}
+    assert len(arms) == 7 and ("separate", True) not in arms  # Table 3's rows

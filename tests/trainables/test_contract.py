@@ -13,7 +13,7 @@ from trainables.base import DataSpec
 from trainables.loop import split_config
 from trainables.registry import FAMILIES
 
-# family -> (tiny config fields, input shape, targets, class counts). A family missing here fails
+# family -> (tiny config fields, input shape, targets, class counts[, target kinds]). A family missing here fails
 # test_table_matches_registry.
 FAMILY_CASES = {
     "ladder": ({"hidden": (16, 16)}, (24,), ("arousal", "valence", "dominance"), {}),
@@ -21,6 +21,10 @@ FAMILY_CASES = {
                     {"emotion": 4}),
     "selective_mtl": ({"lstm_cells": 8, "attention_size": 8, "heads": 2, "fc1": 16, "fc2": 8, "frames": 12,
                        "neutral_index": 0}, (12, 10), ("emotion", "style"), {"emotion": 4, "style": 2}),
+    "dcgan": ({"crop_width": 32, "filter_size": 3, "filters": 4, "fc_hidden": 8, "z_dim": 8}, (32, 16),
+              ("valence", "arousal"), {"valence": 5, "arousal": 5}, {"valence": "soft", "arousal": "soft"}),
+    "aae_mtl": ({"window": 32, "channels": (4, 4, 4), "head_filters": 4, "dense": (8, 8)}, (32, 16),
+                ("emotion", "gender", "speaker"), {"emotion": 4, "gender": 2, "speaker": 5}),
 }
 
 CASES = [(name, variant) for name in FAMILY_CASES for variant in VARIANTS[name]]
@@ -34,8 +38,10 @@ def _batch(spec: DataSpec, n: int = 8) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"x": torch.randn((n, *spec.input_shape), generator=g), "utt_index": torch.arange(n)}
     for t in spec.targets:
-        if t in ("arousal", "valence", "dominance"):
+        if spec.kind(t) == "regression":
             batch[t] = torch.rand(n, generator=g) * 2 - 1
+        elif spec.kind(t) == "soft":
+            batch[t] = torch.softmax(torch.randn(n, spec.n_classes[t], generator=g), dim=-1)
         else:
             batch[t] = torch.randint(0, spec.n_classes[t], (n,), generator=g)
         batch[f"{t}_mask"] = torch.ones(n, dtype=torch.bool)
@@ -45,8 +51,8 @@ def _batch(spec: DataSpec, n: int = 8) -> dict:
 @pytest.mark.parametrize("family_name, variant", CASES)
 def test_model_contract(family_name, variant):
     family = FAMILIES[family_name]
-    fields, shape, targets, n_classes = FAMILY_CASES[family_name]
-    spec = DataSpec(input_shape=shape, targets=targets, n_classes=n_classes)
+    fields, shape, targets, n_classes, *kinds = FAMILY_CASES[family_name]
+    spec = DataSpec(input_shape=shape, targets=targets, n_classes=n_classes, kinds=kinds[0] if kinds else {})
     torch.manual_seed(0)
     model = family.model_cls(family.config_cls(variant=variant, **fields), spec)
     batch = _batch(spec)

@@ -188,3 +188,23 @@ def test_unlabeled_auxiliary_set_is_a_bare_path(tmp_path, frame_shards):
     assert aux_seen == len(data.store.auxiliary_rows())  # unlabeled rows are fed (no loss uses them here)
     assert all(not m["emotion"][data.store.is_auxiliary(u)].any() for u, m in SEEN)
     assert pa.types.is_list(data.store.meta.schema.field("speech").type)
+
+
+def test_kept_auxiliary_speakers_are_chosen_before_encoders_are_fitted(tmp_path, frame_shards):
+    """Sampling.aux_speakers: the fold's speaker classes are the labelled corpus's training speakers plus only the
+    kept auxiliary speakers, so the speaker head has no class that never trains."""
+    from data_io.feed import Sampling
+    from trainables.loop import FoldRun
+
+    prep = _prepare(tmp_path, frame_shards, targets=["emotion", "speaker"],
+                    auxiliary=[{"shards": str(frame_shards / "librispeech" / "fbank40"), "targets": ["speaker"]}])
+    data, store = _search_data(prep, n_folds=1)
+    family = registry.FAMILIES["probe"]
+    aux_speakers = set(store.meta.take(store.auxiliary_rows())["speaker"].to_pylist())
+    assert len(aux_speakers) > 2
+    runs = {}
+    for kept in (None, 2):
+        feed = Feed(examples=ExampleSpec.crop(32), sampling=Sampling(aux_speakers=kept))
+        runs[kept] = FoldRun(family, ProbeConfig(), feed, data, 0, 0, torch.device("cpu"))
+    every, two = (set(runs[k].encoders["speaker"].classes) for k in (None, 2))
+    assert two < every and len(every - two) == len(aux_speakers) - 2

@@ -74,6 +74,72 @@ def test_confusion_matrix_rows_are_truth():
         M.confusion_matrix([0, 3], [0, 1], n_classes=3)
 
 
+# ---- fuzzy labels (multitask-DCGAN paper, arXiv 1705.02394) --------------------------------------------------
+
+FUZZY = np.array([[0, 0, 0, 0.5, 0.5],  # a rating of 4.5: levels 4 and 5 both correct
+                  [0, 0, 0, 1.0, 0],
+                  [0, 0, 0, 1.0, 0],
+                  [0, 0.5, 0.5, 0, 0],  # 2.5: levels 2 and 3
+                  [0, 0, 1.0, 0, 0]])
+FUZZY_PRED = np.array([4, 3, 2, 0, 2])  # level 5, 4, 3, 1, 3 (0-based indices)
+
+
+def test_fuzzy_ua_accepts_either_label_of_a_tie():
+    # A tied row counts 1/2 towards each of its levels; it is correct for both when the prediction is either.
+    # level 2: row 3 (1/2, wrong) -> 0; level 3: row 3 (1/2, wrong), row 4 (1, right) -> 1 / 1.5;
+    # level 4: row 0 (1/2, right), row 1 (right), row 2 (wrong) -> 1.5 / 2.5; level 5: row 0 (1/2, right) -> 1.
+    expected = (0 + 2 / 3 + 0.6 + 1) / 4
+    assert M.fuzzy_unweighted_accuracy(FUZZY_PRED, FUZZY) == pytest.approx(expected)
+    # The hard argmax (the first of a tie) would call row 0 level 4 and row 3 level 2: UA 4/9 instead.
+    assert M.unweighted_accuracy(FUZZY_PRED, FUZZY.argmax(axis=1)) == pytest.approx(4 / 9)
+    assert M.fuzzy_unweighted_accuracy(np.array([3, 3, 3, 1, 2]), FUZZY) == pytest.approx(1.0)
+
+
+def test_fuzzy_ua_without_ties_is_plain_ua():
+    g = np.random.default_rng(0)
+    truth, pred = g.integers(0, 5, 40), g.integers(0, 5, 40)
+    soft = np.eye(5)[truth] * 0.7 + 0.3 * np.eye(5)[(truth + 1) % 5]  # unequal mass: no tie
+    assert M.fuzzy_unweighted_accuracy(pred, soft) == pytest.approx(M.unweighted_accuracy(pred, truth))
+
+
+def test_fuzzy_ua_pooled_to_three_classes():
+    # Pooled 1-2 / 3 / 4-5: row 2 (level 4 -> positive, predicted 3 -> neutral) is the only miss; row 3's tie
+    # {2, 3} becomes {negative, neutral} and its prediction 1 -> negative is right.
+    # negative: row 3 (1/2, right) -> 1; neutral: row 3 (1/2, right), row 4 (right) -> 1; positive: 2 of 3.
+    assert M.fuzzy_unweighted_accuracy(FUZZY_PRED, FUZZY, pool=(0, 0, 1, 2, 2)) == pytest.approx((1 + 1 + 2 / 3) / 3)
+
+
+def test_expected_level_recovers_the_mean_rating():
+    assert M.expected_level(FUZZY).tolist() == pytest.approx([4.5, 4.0, 4.0, 2.5, 3.0])
+    assert M.expected_level(np.full((1, 5), 0.2)).tolist() == pytest.approx([3.0])
+    assert M.expected_level(np.array([[0.5, 0.5]]), levels=[-1, 1]).tolist() == [0.0]
+    post = np.array([[0.1, 0.2, 0.3, 0.3, 0.1], [0.6, 0.2, 0.1, 0.1, 0.0], [0.0, 0.0, 0.2, 0.3, 0.5]])
+    # 0.1 + 0.4 + 0.9 + 1.2 + 0.5 = 3.1; 0.6 + 0.4 + 0.3 + 0.4 = 1.7; 0.6 + 1.2 + 2.5 = 4.3
+    assert M.expected_level(post).tolist() == pytest.approx([3.1, 1.7, 4.3])
+    assert M.pearson_r(M.expected_level(post), M.expected_level(FUZZY[[0, 3, 4]])) == pytest.approx(
+        stats.pearsonr([3.1, 1.7, 4.3], [4.5, 2.5, 3.0])[0])
+
+
+@pytest.mark.parametrize("pred, soft, pool, match", [
+    ([0, 1], [[1.0, 0], [float("nan"), 1]], None, "finite, non-negative"),
+    ([0, 1], [[1.0, 0], [0, 0]], None, "not all zero"),
+    ([0.0, float("nan")], [[1.0, 0], [0, 1]], None, "non-finite"),
+    ([0], [[1.0, 0], [0, 1]], None, "same length"),
+    ([0, 2], [[1.0, 0], [0, 1]], None, r"pred must lie in \[0, 2\)"),
+    ([0, 1], [[1.0, 0], [0, 1]], (0,), "pool must map each of the 2 classes"),
+    ([0, 1], [1.0, 0], None, r"\(N, C\)"),
+])
+def test_fuzzy_ua_rejects_bad_input(pred, soft, pool, match):
+    with pytest.raises(ValueError, match=match):
+        M.fuzzy_unweighted_accuracy(np.asarray(pred), np.asarray(soft), pool=pool)
+
+
+def test_expected_level_of_non_finite_posteriors_is_nan():
+    assert np.isnan(M.expected_level(np.array([[0.5, float("nan")]]))[0])
+    with pytest.raises(ValueError, match="one value per class"):
+        M.expected_level(np.eye(3), levels=[1, 2])
+
+
 # ---- EER ---------------------------------------------------------------------------------------------------
 
 def test_eer_separable_is_zero():
@@ -150,3 +216,45 @@ def test_ccc_loss_gradient_is_correct():
     p = torch.randn(12, dtype=torch.float64, generator=g, requires_grad=True)
     t = torch.randn(12, dtype=torch.float64, generator=g)
     assert torch.autograd.gradcheck(lambda x: M.ccc_loss(x, t), (p,))
+
+
+# ---- speaker verification trials (d-vectors, cosine scores) ------------------------------------------------
+
+def test_verification_trials_by_hand():
+    # Speaker a: 3 utterances, so min(5, 3 // 2) = 1 enrols (a1 = [2, 0]) and a2, a3 are trials; speaker b: 2, so
+    # b1 = [0, 3] enrols and b2 is a trial. Unit vectors: a2 [0, 1], a3 and b2 [.707, .707]; models a [1, 0], b [0, 1].
+    emb = [[0, 2], [2, 0], [1, 1], [0, 3], [3, 3]]
+    speakers = ["a", "a", "a", "b", "b"]
+    order = ["a2", "a1", "a3", "b1", "b2"]  # the first utterance by id enrols, not the first row
+    scores, is_target = M.verification_trials(emb, speakers, enrol=5, order=order)
+    r = np.sqrt(0.5)
+    np.testing.assert_allclose(scores, [0, 1, r, r, r, r], atol=1e-12)  # trials a2, a3, b2 against models a, b
+    assert is_target.tolist() == [1, 0, 1, 0, 0, 1]
+    # Targets score {0, r, r} and non-targets {1, r, r}: FAR 1/3 at FRR 1 and FAR 1 at FRR 1/3 cross at 2/3.
+    assert M.eer(scores, is_target) == pytest.approx(2 / 3)
+    # Without order keys the rows' order decides: a's first row [0, 2] enrols, so a's model is [0, 1] like b's.
+    scores, _ = M.verification_trials(emb, speakers, enrol=5)
+    np.testing.assert_allclose(scores[:2], [0, 0], atol=1e-12)  # trial [2, 0] against models [0, 1] and [0, 1]
+
+
+def test_verification_trials_enrol_at_most_half_and_skip_lone_speakers():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3) * 5
+    speakers = ["a"] * 10 + ["b"] * 4 + ["c"]
+    emb = np.array([centres["abc".index(s)] + rng.normal(0, 0.1, 3) for s in speakers])
+    scores, is_target = M.verification_trials(emb, speakers, enrol=3)
+    # a: 3 enrol, 7 trials; b: 2 enrol (half of 4), 2 trials; c (one utterance) is left out: 9 trials x 2 models.
+    assert len(scores) == 18 and is_target.sum() == 9
+    assert M.eer(scores, is_target) == 0.0  # well-separated speakers
+    assert M.verification_trials(emb[:10], speakers[:10], enrol=3)[0].size == 0  # one speaker: no trial
+    zero = M.verification_trials([[0, 0], [1, 0], [0, 1], [0, 1]], ["a", "a", "b", "b"], enrol=1)[0]
+    assert np.all(np.isfinite(zero)) and zero[0] == 0.0  # a zero model scores 0
+
+
+def test_verification_trials_reject_bad_inputs():
+    with pytest.raises(ValueError, match="one speaker"):
+        M.verification_trials([[1.0, 0.0]], ["a", "b"], enrol=1)
+    with pytest.raises(ValueError, match="non-finite"):
+        M.verification_trials([[np.nan, 0.0], [1.0, 0.0]], ["a", "b"], enrol=1)
+    with pytest.raises(ValueError, match="enrol >= 1 must hold, got 0"):
+        M.verification_trials([[1.0, 0.0], [0.0, 1.0]], ["a", "b"], enrol=0)

@@ -258,3 +258,79 @@ def test_per_class_accuracy_is_named_by_class():
     labels = {"emotion": np.array([0, 1, 1]), "emotion_mask": np.ones(3, dtype=bool)}
     assert model.extra_metrics({"emotion": post}, labels, None) == {"acc_emotion_neutral": 1.0,
                                                                     "acc_emotion_happy": 0.5}
+
+
+# ---- two corpora through the driver's data path ----------------------------------------------------------------
+
+def _two_corpus_search(tmp_path, frame_shards):
+    import yaml
+
+    from cluster.sweep import build_search_data, prepare
+    from data_io.store import load_store
+
+    cfg = {"name": "t", "data": {"shards": [str(frame_shards / "iemocap" / "fbank40"),
+                                            str(frame_shards / "csv" / "fbank40")],
+                                 "include": {"emotion": "^(neutral|happy|sad|angry|excited)$"},
+                                 "emotion_merge": {"excited": "happy"}, "protocol": "loso",
+                                 "corpus_protocols": {"csv": {"protocol": "random_kfold", "k": 5,
+                                                              "stratify": "emotion"}},
+                                 "targets": ["emotion", "style"], "emotion_classes": ["neutral", "happy", "sad",
+                                                                                      "angry"]},
+           "model": {"family": "selective_mtl", "variants": ["selective_mtl"]},
+           "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}, "storage": {"path": str(tmp_path / "rr")}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    prep = prepare(path)
+    store = load_store(prep.shard_sets, prep.auxiliary)
+    return prep, store, build_search_data(prep, store)
+
+
+def test_per_corpus_lockboxes_hold(tmp_path, frame_shards):
+    """Each fold tests rows of both corpora; a trial's view of fold k (what it trains and validates on, and what
+    is shipped to it for that fold) holds none of fold k's test rows of either corpus, and the test ids themselves
+    never leave the driver."""
+    import pickle
+
+    from data_io.folds import LockboxError
+
+    prep, store, data = _two_corpus_search(tmp_path, frame_shards)
+    corpus_of = dict(zip(store.meta["utt_id"].to_pylist(), store.meta["corpus"].to_pylist(), strict=True))
+    for fold, shipped in zip(prep.folds, data.folds, strict=True):
+        test_ids = set(fold.test.open("test: per-corpus lockbox"))
+        assert {corpus_of[u] for u in test_ids} == {"iemocap", "csv"}
+        assert not (set(shipped.train_ids) | set(shipped.val_ids)) & test_ids
+        blob = pickle.dumps(shipped)
+        assert not any(u.encode() in blob for u in test_ids)
+        with pytest.raises(LockboxError):
+            pickle.dumps(fold.test)
+
+
+def test_per_corpus_metrics_match_a_hand_computation(tmp_path, frame_shards):
+    from trainables.loop import evaluate_state, predict_set, run_trial, state_evalsets
+
+    prep, store, data = _two_corpus_search(tmp_path, frame_shards)
+    data.folds = data.folds[:1]
+    config = {"family": "selective_mtl", "variant": "selective_mtl", "seed": 0, "max_epochs": 1, "patience": 5,
+              "batch_size": 32, "metric": "val_ua_emotion", "mode": "max", "spontaneous_corpus": "csv",
+              **{k: v for k, v in TINY.items() if k != "neutral_index"}, "frames": 200}
+    states = []
+    run_trial(config, data, lambda metrics, state: states.append(state))
+    state = [s for s in states if s is not None][-1]
+    test_ids = [list(prep.folds[0].test.open("test: hand computation"))]
+    got = evaluate_state(state, store, test_ids)
+    ((model, evalset),) = state_evalsets(state, store, test_ids)
+    pred = predict_set(model, evalset, model.spec, torch.device("cpu"))["emotion"].argmax(-1)
+    truth, has = evalset.labels["emotion"], evalset.labels["emotion_mask"]
+    corpus = np.asarray(evalset.meta["corpus"].to_pylist())
+    names = model.spec.classes["emotion"]
+    for c in ("iemocap", "csv"):
+        sel = (corpus == c) & has
+        p, t = pred[sel], truth[sel]
+        recalls = {names[k]: float(np.mean(p[t == k] == k)) for k in np.unique(t)}
+        assert got[f"test_wa_emotion.{c}"] == pytest.approx(float(np.mean(p == t)))
+        assert got[f"test_ua_emotion.{c}"] == pytest.approx(float(np.mean(list(recalls.values()))))
+        for name, recall in recalls.items():
+            assert got[f"test_acc_emotion_{name}.{c}"] == pytest.approx(recall)
+    both = (got["test_ua_emotion.iemocap"] + got["test_ua_emotion.csv"]) / 2
+    assert got["test_ua_emotion.corpus_mean"] == pytest.approx(both)
+    assert got["test_wa_emotion"] == pytest.approx(float(np.mean(pred[has] == truth[has])))  # pooled (Table 3)
