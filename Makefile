@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/center_loss.py
 	$(PY) benchmarks/selective_mtl.py
 	$(PY) benchmarks/dcgan.py
+	$(PY) benchmarks/aae_mtl.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

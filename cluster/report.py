@@ -293,6 +293,37 @@ def dcgan_tables(values: Values) -> str:
     return "\n".join(lines) + "\n"
 
 
+AAE_NAMES = {"cnn": "CNN (supervised)", "ae": "AE", "aae_stl": "AAE (STL)", "aae_mtl": "AAE-MTL"}
+AUXILIARY_TARGETS = ("gender", "speaker", "style")
+
+
+def aae_mtl_tables(values: Values) -> str:
+    """The semi-supervised AAE paper's results for one sweep (its protocol and primary task): test UA and WA of the
+    primary task per model and auxiliary task (Table 3 or 4 by protocol; the AAE-MTL rows are Tables 5-6's ablation),
+    the gender task's UA, and the speaker task: verification EER on unseen speakers, or identification accuracy when
+    the test speakers are training speakers (speaker 10-fold). %, mean ± std over seeds."""
+    found = {c[len("test_ua_"):] for per in values.values() for c in per
+             if c.startswith("test_ua_") and "." not in c}
+    primaries = sorted(found - set(AUXILIARY_TARGETS))
+    rows = []
+    for variant, name in AAE_NAMES.items():
+        labels = [label for label in values if label.partition("-")[0] == variant]
+        for label in sorted(labels, key=lambda x: ("gender" not in x, "speaker" not in x, x)):
+            tasks = label.partition("-")[2].removeprefix("aux_tasks")
+            rows.append((f"{name} ({tasks})" if tasks else name, values[label]))
+    lines = []
+    for primary in primaries:
+        lines += [f"Test results, primary task {primary} (%), mean ± std over seeds", "",
+                  "| Model | UA | WA | gender UA | speaker EER | speaker id acc | seeds |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, per in rows:
+            cells = [_cell(per.get(f"test_{m}"), 100, 2) for m in (f"ua_{primary}", f"wa_{primary}", "ua_gender",
+                                                                  "eer_speaker", "acc_speaker_id")]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(per.get(f'test_ua_{primary}', ()))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def confusion_table(counts: np.ndarray, names: Sequence[str]) -> str:
     """A confusion matrix (rows: true class, columns: predicted) as a markdown table with row totals."""
     header = "| true \\ predicted | " + " | ".join(names) + " | total |"
@@ -302,7 +333,8 @@ def confusion_table(counts: np.ndarray, names: Sequence[str]) -> str:
 
 
 # family -> its paper's tables from the per-seed values; `emotune report` prints them after the generic table.
-PAPER_TABLES = {"center_loss": center_loss_tables, "selective_mtl": selective_mtl_tables, "dcgan": dcgan_tables}
+PAPER_TABLES = {"center_loss": center_loss_tables, "selective_mtl": selective_mtl_tables, "dcgan": dcgan_tables,
+                "aae_mtl": aae_mtl_tables}
 
 
 def paper_tables(family: str | None, values: Values) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
-from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, positive_log
+from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, no_per_layer_lambda, positive_log
 
 VARIANTS = ("cnn", "ae", "aae_stl", "aae_mtl")
 AUX_TASKS = ("gender", "speaker", "both")
@@ -94,9 +94,7 @@ def grid_search_space(variants: Sequence[str] = ("aae_mtl",), grids: Mapping | N
 def check_options(variants: Sequence[str] = ("aae_mtl",), ranges: Mapping | None = None,
                   grids: Mapping | None = None, per_layer_lambda: bool = False, fixed: Mapping | None = None) -> None:
     """Validate :func:`space`'s options without a trial (the schema calls it when loading a config)."""
-    if per_layer_lambda:
-        raise ValueError("search.per_layer_lambda is a ladder-family option; the aae_mtl family has no per-layer "
-                         "weights, remove it")
+    no_per_layer_lambda("aae_mtl", per_layer_lambda)
     _check(variants, ranges, grids, {} if fixed is None else fixed)
 
 

@@ -16,7 +16,15 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
-from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, positive_log, unit_interval
+from searchspace.common import (
+    RangeKnob,
+    Suggester,
+    categorical_grid,
+    check_knobs,
+    no_per_layer_lambda,
+    positive_log,
+    unit_interval,
+)
 
 VARIANTS = ("s", "s_a", "s_c", "s_a_c", "a")
 RANGE_KNOBS: dict[str, RangeKnob] = {
@@ -80,7 +88,5 @@ def grid_search_space(variants: Sequence[str] = ("s_a_c",), grids: Mapping | Non
 def check_options(variants: Sequence[str] = ("s_a_c",), ranges: Mapping | None = None, grids: Mapping | None = None,
                   per_layer_lambda: bool = False, fixed: Mapping | None = None) -> None:
     """Validate :func:`space`'s options without a trial (the schema calls it when loading a config)."""
-    if per_layer_lambda:
-        raise ValueError("search.per_layer_lambda is a ladder-family option; the center_loss family has no "
-                         "per-layer weights, remove it")
+    no_per_layer_lambda("center_loss", per_layer_lambda)
     check_knobs(variants, VARIANTS, ranges, grids, {} if fixed is None else fixed, RANGE_KNOBS, {})

@@ -47,6 +47,13 @@ def unit_interval(low: float, high: float, *, open_top: bool = True) -> RangeKno
     return RangeKnob(low, high, False, "0 <= low < high <= 1", lambda lo, hi: 0 <= lo < hi <= 1)
 
 
+def no_per_layer_lambda(family: str, per_layer_lambda: bool) -> None:
+    """Refuse ``search.per_layer_lambda`` for a family other than the ladder's (it has no per-layer weights)."""
+    if per_layer_lambda:
+        raise ValueError(f"search.per_layer_lambda is a ladder-family option; the {family} family has no per-layer "
+                         f"weights, remove it")
+
+
 def check_knobs(variants: Sequence[str], valid_variants: Sequence[str], ranges: Mapping | None,
                 grids: Mapping | None, fixed: Mapping, range_knobs: Mapping[str, RangeKnob],
                 grid_knobs: Mapping[str, Sequence]) -> tuple[dict[str, tuple[float, float]], dict[str, list]]:

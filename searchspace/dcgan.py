@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
-from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, positive_log
+from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, no_per_layer_lambda, positive_log
 
 VARIANTS = ("basic_cnn", "multitask_cnn", "basic_dcgan", "multitask_dcgan")
 FILTER_STEP = 4  # "number of convolutional filters (step size 4)"
@@ -117,9 +117,7 @@ def warm_start_params(point: Mapping, per_layer_lambda: bool = False) -> dict:
 def check_options(variants: Sequence[str] = ("multitask_dcgan",), ranges: Mapping | None = None,
                   grids: Mapping | None = None, per_layer_lambda: bool = False, fixed: Mapping | None = None) -> None:
     """Validate :func:`space`'s options without a trial (the schema calls it when loading a config)."""
-    if per_layer_lambda:
-        raise ValueError("search.per_layer_lambda is a ladder-family option; the dcgan family has no per-layer "
-                         "weights, remove it")
+    no_per_layer_lambda("dcgan", per_layer_lambda)
     _check(variants, ranges, grids, {} if fixed is None else fixed)
 
 

@@ -14,7 +14,15 @@ from collections.abc import Mapping, Sequence
 
 import optuna
 
-from searchspace.common import RangeKnob, Suggester, categorical_grid, check_knobs, positive_log, unit_interval
+from searchspace.common import (
+    RangeKnob,
+    Suggester,
+    categorical_grid,
+    check_knobs,
+    no_per_layer_lambda,
+    positive_log,
+    unit_interval,
+)
 
 VARIANTS = ("separate", "combined", "mtl", "selective_mtl")
 RANGE_KNOBS: dict[str, RangeKnob] = {
@@ -76,9 +84,7 @@ def grid_search_space(variants: Sequence[str] = ("selective_mtl",), grids: Mappi
 def check_options(variants: Sequence[str] = ("selective_mtl",), ranges: Mapping | None = None,
                   grids: Mapping | None = None, per_layer_lambda: bool = False, fixed: Mapping | None = None) -> None:
     """Validate :func:`space`'s options without a trial (the schema calls it when loading a config)."""
-    if per_layer_lambda:
-        raise ValueError("search.per_layer_lambda is a ladder-family option; the selective_mtl family has no "
-                         "per-layer weights, remove it")
+    no_per_layer_lambda("selective_mtl", per_layer_lambda)
     _, choices = check_knobs(variants, VARIANTS, ranges, grids, {} if fixed is None else fixed, RANGE_KNOBS,
                              GRID_DEFAULTS)
     if any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in choices["heads"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,6 @@ def tiny_sweep_config(tmp_path: Path, shard_dir: Path, name: str, experiment: st
 def run_sweep_in(folder: Path, config: Path, num_cpus: int = 2):
     """``run_sweep(config)`` from ``folder`` (MLflow's sqlite artifact root is the working folder at experiment
     creation), its console output swallowed; the working folder is restored."""
-    import contextlib
     import io
     import os
 
@@ -57,3 +57,17 @@ def run_sweep_in(folder: Path, config: Path, num_cpus: int = 2):
             return run_sweep(config, num_cpus=num_cpus)
     finally:
         os.chdir(here)
+
+
+@contextlib.contextmanager
+def mlflow_tracking(uri: str):
+    """The process's MLflow tracking URI set to ``uri`` for the block (``models:/`` URIs resolve there), then put
+    back: a sweep leaves the caller's URI as it found it, and other tests set theirs."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cluster import tracking
+from tests.cluster.helpers import mlflow_tracking
 
 pytestmark = pytest.mark.slow
 
@@ -120,10 +121,14 @@ def test_shard_sets_are_dataset_inputs_of_the_parent_and_every_trial(store, fini
         assert f'"rows": {ss.manifest.total_rows}' in ds.profile and ss.content_hash in ds.profile
 
 
-def test_registered_model_is_named_described_and_linked_to_its_repeat_run(store, finished_sweep, monkeypatch):
-    import mlflow
+@pytest.fixture()
+def sweep_tracking(finished_sweep):
+    with mlflow_tracking(finished_sweep.uri):  # models:/ URIs resolve in the sweep's tracking store
+        yield
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished_sweep.uri)  # models:/ URIs resolve in the tracking store
+
+def test_registered_model_is_named_described_and_linked_to_its_repeat_run(store, finished_sweep, sweep_tracking):
+    import mlflow
 
     from data_io import shards
 

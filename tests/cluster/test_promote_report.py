@@ -110,3 +110,18 @@ def test_table_csv_is_numeric():
     assert float(rows["dnn_mtl"]["val_ccc_arousal.std"]) == pytest.approx(np.std([0.5, 0.7], ddof=1))
     assert rows["ladder_mtl"]["test_ccc_arousal.mean"] == "" and rows["ladder_mtl"]["val_ccc_arousal.std"] == "0.0"
     assert rows["dnn_mtl"]["val_ccc_arousal.better"] == "0"
+
+
+def test_aae_mtl_tables_have_a_row_per_model_and_auxiliary_task():
+    from cluster.report import aae_mtl_tables, paper_tables
+
+    values = {"cnn": {"test_ua_emotion": [0.50, 0.52], "test_wa_emotion": [0.55, 0.55]},
+              "aae_mtl-aux_tasksboth": {"test_ua_emotion": [0.60], "test_wa_emotion": [0.62],
+                                        "test_ua_gender": [0.90], "test_eer_speaker": [0.20]},
+              "aae_mtl-aux_tasksgender": {"test_ua_emotion": [0.58], "test_ua_gender": [0.88]}}
+    text = aae_mtl_tables(values)
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "Model" not in line]
+    assert rows == ["CNN (supervised)", "AAE-MTL (gender)", "AAE-MTL (both)"]
+    assert "| AAE-MTL (both) | 60.00 ± 0.00 | 62.00 ± 0.00 | 90.00 ± 0.00 | 20.00 ± 0.00 | – | 1 |" in text
+    assert "primary task emotion" in text and "primary task gender" not in text
+    assert paper_tables("aae_mtl", values) == text

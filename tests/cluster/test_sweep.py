@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.helpers import write_config
+from tests.cluster.helpers import mlflow_tracking, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,8 +127,8 @@ def test_sweep_end_to_end(finished_sweep, monkeypatch):
 
     ss = shards.open_shards(finished_sweep.shard_dir)
     x = ss.stack(ss.metadata()["utt_id"].to_pylist()[:5]).astype(np.float64)  # the signature's dtype
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished_sweep.uri)  # a sweep leaves the caller's URI as it was
-    predicted = mlflow.pyfunc.load_model("models:/t-model@candidate").predict(x)
+    with mlflow_tracking(finished_sweep.uri):
+        predicted = mlflow.pyfunc.load_model("models:/t-model@candidate").predict(x)
     assert predicted.shape == (5, 3) and np.isfinite(predicted.to_numpy()).all()
 
     decision = promote("t-model", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -116,3 +116,18 @@ def test_an_aae_mtl_sweep_config_loads_and_bad_knobs_fail_at_load():
 def test_the_default_train_section_has_no_lr_schedule():
     cfg = SweepConfig.model_validate({**_sweep(), "train": {}})
     assert cfg.train.lr_schedule == "none"
+
+
+@pytest.mark.parametrize("name, protocol", [("aae_mtl_iemocap.yaml", "random_kfold"), ("aae_mtl_loso.yaml",
+                                                                                       "speaker_kfold"),
+                                            ("aae_mtl_cross_corpus.yaml", "cross_corpus")])
+def test_shipped_configs_load(name, protocol):
+    from pathlib import Path
+
+    from searchspace.schema import load_sweep_config
+
+    cfg = load_sweep_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.model.family == "aae_mtl" and cfg.data.protocol == protocol
+    assert cfg.data.targets == ["emotion", "gender", "speaker"] and cfg.train.lr_schedule == "halve_on_plateau"
+    assert cfg.data.auxiliary[0].targets == ["gender", "speaker"]
+    assert cfg.search.grace_period > 2  # longer than aae_mtl's pre-training epochs
