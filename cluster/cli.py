@@ -338,7 +338,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                  verbose=getattr(args, "verbose", False),
                                  set=[*sets, f"storage.path={(out / 'ray_results').resolve()}"]),
               show_table=False)  # the report below prints the table once, with the significance marks
-    experiment = yaml.safe_load(config.read_text())["tracking"]["experiment"]
+    raw = yaml.safe_load(config.read_text())
+    experiment = (raw.get("tracking") or {}).get("experiment") or raw["name"]  # the sweep's own default
     print()
     cmd_report(argparse.Namespace(experiment=experiment, baseline=demo.baseline, tracking_uri=None, csv=None))
     print(_runs_hint(experiment))
