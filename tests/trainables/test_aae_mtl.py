@@ -9,6 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tests.trainables.helpers import record_steps
 from trainables.aae_mtl import PHASES, VARIANTS, AAEMTLConfig, AAEMTLModel, parameter_count
 from trainables.base import DataSpec
 
@@ -50,28 +51,6 @@ def groups(model: AAEMTLModel) -> dict[str, list[torch.nn.Parameter]]:
         out["discriminator"] = list(model.discriminator.parameters())
     out.update({t: list(h.parameters()) for t, h in model.heads.items()})
     return out
-
-
-def snapshot(params) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
-
-
-def changed(before: list[torch.Tensor], params) -> bool:
-    return any(not torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True))
-
-
-def record_steps(model: AAEMTLModel, opts: dict) -> tuple[list[str], dict[str, set[str]]]:
-    """Wrap each optimizer's step to record the order of steps and which parameter groups each one moved."""
-    steps, moved = [], {}
-    named = groups(model)
-    for name, opt in opts.items():
-        def recorded(step=opt.step, name=name):
-            before = {k: snapshot(ps) for k, ps in named.items()}
-            step()
-            steps.append(name)
-            moved[name] = {k for k, ps in named.items() if changed(before[k], ps)}
-        opt.step = recorded
-    return steps, moved
 
 
 # ---- structure -------------------------------------------------------------------------------------------------
@@ -150,7 +129,7 @@ def test_phases_run_in_order_and_update_what_the_paper_says(variant):
     opts = model.configure_optimizers()
     assert list(opts) == list(PHASES[variant])
     assert all(isinstance(o, torch.optim.SGD) and o.param_groups[0]["lr"] == TINY["lr"] for o in opts.values())
-    steps, moved = record_steps(model, opts)
+    steps, moved = record_steps(opts, groups(model))
     logs = model.training_step(make_batch(), opts)
     assert steps == list(PHASES[variant])
     heads = set(model.heads)
@@ -197,7 +176,7 @@ def test_auxiliary_rows_never_reach_the_primary_loss_or_the_unsupervised_phases(
 def test_a_batch_of_auxiliary_rows_trains_only_the_encoder_and_the_auxiliary_heads():
     model = build(pretrain_epochs=0).train()
     opts = model.configure_optimizers()
-    steps, moved = record_steps(model, opts)
+    steps, moved = record_steps(opts, groups(model))
     logs = model.training_step(make_batch(primary=False), opts)
     assert steps == ["classification"]  # the unsupervised phases have no rows
     assert moved["classification"] == {"encoder", "gender", "speaker"}
@@ -208,7 +187,7 @@ def test_a_batch_of_auxiliary_rows_trains_only_the_encoder_and_the_auxiliary_hea
 def test_pretraining_epochs_train_only_gender_and_speaker():
     model = build(pretrain_epochs=2).train()
     opts = model.configure_optimizers()
-    steps, moved = record_steps(model, opts)
+    steps, moved = record_steps(opts, groups(model))
     for epoch in (0, 1):
         model.set_epoch(epoch)
         assert model.pretraining and model.phases() == ("classification",)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.trainables.helpers import changed, record_steps, snapshot
 from trainables.base import DataSpec
 from trainables.dcgan import (
     PHASES,
@@ -48,14 +49,6 @@ def make_batch(n: int = B, seed: int = 0, labelled: bool = True) -> dict[str, to
 def build(variant: str = "multitask_dcgan", spec: DataSpec = SPEC, **kw) -> DCGANModel:
     torch.manual_seed(0)
     return DCGANModel(DCGANConfig(variant=variant, **{**TINY, **kw}), spec)
-
-
-def snapshot(params) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
-
-
-def changed(before: list[torch.Tensor], params) -> bool:
-    return any(not torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True))
 
 
 # ---- structure -------------------------------------------------------------------------------------------------
@@ -195,16 +188,9 @@ def test_phases_alternate_in_the_papers_order_each_with_its_own_optimizer(varian
         assert ids["generator"] == {id(p) for p in model.generator.parameters()}
         assert ids["discriminator"] == trunk | {id(p) for p in model.gan_head.parameters()}
 
-    steps, moved = [], {}
     groups = {"generator": model.generator, "trunk": model.trunk, "fc": model.fc, **dict(model.heads.items())}
     groups = {k: list(m.parameters()) for k, m in groups.items() if m is not None}
-    for name, opt in opts.items():
-        def recorded(step=opt.step, name=name):
-            before = {k: snapshot(ps) for k, ps in groups.items()}
-            step()
-            steps.append(name)
-            moved[name] = {k for k, ps in groups.items() if changed(before[k], ps)}
-        opt.step = recorded
+    steps, moved = record_steps(opts, groups)
     logs = model.training_step(make_batch(), opts)
     assert steps == list(PHASES[variant])
     assert set(logs) == {"loss", *(f"loss_{p}" for p in PHASES[variant])}
