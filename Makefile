@@ -7,11 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.emotune-installed
 DEMO_OUT ?= demo_out
 MLFLOW_PORT ?= 5000
+MLFLOW_SERVER_PORT ?= 5001
+MLFLOW_SERVER_DB ?= mlflow-server.db
+MLFLOW_SERVER_ARTIFACTS ?= mlflow-server-artifacts
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install demo test lint mlflow-ui bench clean
+.PHONY: install demo test lint mlflow-ui mlflow-server bench clean
 
 install: $(STAMP)
 
@@ -38,6 +41,15 @@ mlflow-ui: $(STAMP)
 	@$(PY) -m cluster.mlflow_ui --store mlflow.db --port $(MLFLOW_PORT) \
 		|| echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT) (the runs link is printed by emotune sweep/demo)"
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --backend-store-uri sqlite:///mlflow.db
+
+# A team tracking server on one box: runs and metrics in SQLite, artifacts (checkpoints, tables, plots, models) in a
+# local folder that the server itself serves, so clients upload them over HTTP and need no access to the folder.
+# Loopback only: nodes on other machines reach it through an SSH tunnel, or use a server the team already runs.
+# Sweeps log here with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_SERVER_PORT).
+mlflow-server: $(STAMP)
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_SERVER_PORT) \
+		--backend-store-uri sqlite:///$(MLFLOW_SERVER_DB) \
+		--serve-artifacts --artifacts-destination $(MLFLOW_SERVER_ARTIFACTS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py

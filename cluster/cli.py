@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all cores)")
     s.add_argument("--verbose", action="store_true",
                    help="Ray Tune's full output (status tables, results, worker INFO logs) besides emotune's lines")
+    s.add_argument("--check", action="store_true",
+                   help="run no trial: report what the sweep needs (config, shards, storage, tracking server, "
+                        "resources), one OK/FAIL line each; exit 2 if any fails. On a cluster, run it as the job "
+                        "would: ray job submit ... -- emotune sweep --check CONFIG")
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("report", help="paper-style results table of an MLflow experiment")
@@ -203,8 +207,15 @@ def _parse_sets(items: list[str]) -> dict:
 
 
 def cmd_sweep(args: argparse.Namespace, *, show_table: bool = True) -> int:
-    from cluster.sweep import run_sweep
+    from cluster.sweep import SMOKE_OVERRIDES, run_sweep
 
+    if getattr(args, "check", False):  # cmd_demo builds its own Namespace, without it
+        from cluster.preflight import format_report, run_checks
+
+        overrides = {**(SMOKE_OVERRIDES if args.smoke else {}), **_parse_sets(args.set)}  # what run_sweep would use
+        checks = run_checks(Path(args.config), overrides, num_cpus=args.num_cpus)
+        print(format_report(checks))
+        return 0 if all(c.ok for c in checks) else 2
     result = run_sweep(Path(args.config), smoke=args.smoke, overrides=_parse_sets(args.set), fresh=args.fresh,
                        num_cpus=args.num_cpus, verbose=getattr(args, "verbose", False))
     print(f"\nsweep finished: {result.search_trials} search trials; selected on validation:")
@@ -269,6 +280,7 @@ DEMOS = {
     "center_loss": Demo("center_loss_demo.yaml", baseline="s-logmel128"),
     "selective_mtl": Demo("selective_mtl_demo.yaml", baseline="separate"),
     "dcgan": Demo("dcgan_demo.yaml", baseline="basic_cnn"),
+    "aae_mtl": Demo("aae_mtl_demo.yaml", baseline="cnn"),
 }
 # Shard folder name -> (synthetic layout, ingest adapter, csv corpus name).
 DEMO_CORPORA = {

@@ -6,11 +6,16 @@
    schema version), the folds of the protocol, the search space (sampled once). A bad config fails here.
 2. Start or join Ray; decode the shards once and share the train+validation rows with trials through the object
    store (``tune.with_parameters``). Test rows no fold trains on never leave the driver.
+   Only the driver reads shards (a local path or a URI pyarrow reads: ``s3://``, ``gs://``, ``file://``). The
+   store is ``ray.put`` once per trial phase (search, repeats); each trial ``ray.get``s it, which on another node
+   pulls one copy into that node's object store, shared read-only (zero-copy) by every trial placed there: one
+   transfer and one copy per node, never one per trial (again only if Ray evicts that copy under memory pressure).
 3. Search: Ray Tune + ``OptunaSearch`` (metric/mode given to the searcher itself, notes 1.2) + ASHA, one MLflow
    child run per trial. If the experiment folder exists the sweep resumes (``Tuner.restore``), keeping finished
    trials and their MLflow runs.
 4. Select on validation only: each trial's best epoch (not its last), per variant if asked.
-5. Repeat each selected config with seeds 0..N-1 (a second, restorable Tune experiment).
+5. Repeat each selected config with seeds 0..N-1 (a second, restorable Tune experiment). The selected search trial
+   is the repeat of its own seed when it ran to its own end (``repeats.reuse_search``): it is not trained twice.
 6. Open the test lockbox once, score each repeat's best checkpoint on test, log test metrics on the parent run.
 7. Table (mean +/- std over seeds, validation and test, per attribute), logged as Markdown and CSV.
 8. Log the best repeat (by validation) as an MLflow model, register it, alias ``candidate``.
@@ -195,8 +200,9 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
     if "://" not in str(storage) and Path(storage_path).exists() and not Path(storage_path).is_dir():
         raise ValueError(f"storage.path {storage_path} is a file, but it must be the folder Ray Tune keeps "
                          f"experiments in; point it at a folder (it is created if missing)")
-    from cluster.tracking import resolve_tracking_uri
+    from cluster.tracking import catchup_seconds, resolve_tracking_uri
 
+    catchup_seconds()  # a bad $EMOTUNE_MLFLOW_CATCHUP_S fails now, not when the search ends
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri)
     scheme = tracking_uri.split("://", 1)[0] if "://" in tracking_uri else ""
     if scheme not in ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks"):
@@ -213,14 +219,20 @@ def prepare(config_path: Path, overrides: dict | None = None) -> Prepared:
                     inputs=inputs, choices=choices)
 
 
-def _open(folder: Path, field: str):
+def _open(folder: Path | str, field: str):
     from data_io import shards
 
-    if not Path(folder).exists():
+    remote = shards.is_uri(folder)  # s3://, gs://, file://...: read through pyarrow.fs, by this driver only
+    if not remote and not Path(folder).exists():
         raise ValueError(f"{field}: {folder} does not exist; run `emotune ingest ... --out` first or fix the path")
     # Verified by default: every part's sha256 (cached by size, mtime, ctime and inode, so a second sweep over the
     # same shards only stats them) and every label finite, before anything trains on them.
-    shard_set = shards.open_shards(Path(folder), verify_checksums=True)
+    try:
+        shard_set = shards.open_shards(folder if remote else Path(folder), verify_checksums=True)
+    except shards.ShardError as err:
+        if not remote:
+            raise
+        raise shards.ShardError(f"{field}: {err}") from None
     shard_set.check_finite_metadata()
     return shard_set
 
@@ -406,6 +418,7 @@ def run_sweep(config_path: Path, *, smoke: bool = False, overrides: dict | None 
     overrides = {**(SMOKE_OVERRIDES if smoke else {}), **(overrides or {})}
     prep = prepare(config_path, overrides)  # everything that can fail on bad input fails before Ray starts
     _check_local_resources(prep.cfg, num_cpus)
+    _check_tracking_and_storage(prep)
     # mlflow.set_tracking_uri (model logging needs it) also exports MLFLOW_TRACKING_URI; put back what the caller
     # had, so a later sweep in this process without tracking.uri logs where its own default says, not here.
     caller_uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -451,6 +464,7 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
     mlflow.set_tracking_uri(prep.tracking_uri)
     client = MlflowClient(prep.tracking_uri)
     experiment_id = tracking.ensure_experiment(client, prep.experiment)
+    tracking.warn_local_artifacts(client, experiment_id, prep.tracking_uri)
     # The documented kind of a model-training experiment; MLflow 3.17's own UI decides its view from the link's
     # workflowType (mlflow_ui.runs_url), so the printed link is what opens the runs table there.
     mlflow_ui.mark_training_experiment(client, experiment_id)
@@ -504,8 +518,10 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             _save_state(exp_dir, state)
         if state["phase"] == "repeats":
             n = len(state["selected"]) * int(cfg.repeats.seeds)
+            reused, _ = repeat_plan(state["selected"], int(cfg.repeats.seeds), cfg.repeats.reuse_search)
             console.phase("repeats", f"{len(state['selected'])} selected config(s) x {cfg.repeats.seeds} seeds = "
-                                     f"{n} trials")
+                                     f"{n} trials" + (f", {len(reused)} of them the selected search trials "
+                                                      f"(reuse_search)" if reused else ""))
             repeats = _run_repeats(prep, data, state["selected"], session)
             _log_validation_plots(prep, stores, repeats, session)
             state["repeats"] = repeats
@@ -533,8 +549,9 @@ def _run_locked(prep: Prepared, *, fresh: bool, num_cpus: int | None, locked: bo
             state["phase"] = "done"
             _save_state(exp_dir, state)
         client.set_terminated(parent_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
+    except BaseException as err:
+        if not isinstance(err, tracking.TrackingUnavailableError):  # the server is down: the parent stays RUNNING
+            client.set_terminated(parent_id, "FAILED")             # and the re-run that resumes re-attaches to it
         raise
     finally:
         if started:
@@ -557,12 +574,29 @@ def _shown_path(path: Path | None) -> str:
         return str(path)
 
 
+def _check_tracking_and_storage(prep: Prepared) -> None:
+    """Refuse, before the lock, MLflow and Ray, two setups that would fail later and less clearly: an http(s)
+    tracking server that does not answer, and a node-local ``storage.path`` on a Ray cluster of several nodes
+    (Ray Tune's own check fails only once a trial runs on another node). See :mod:`cluster.preflight`.
+
+    Raises:
+        ValueError: Naming the tracking URI or ``storage.path``, and the fix.
+    """
+    from cluster import preflight
+
+    preflight.require_tracking_server(prep.tracking_uri)
+    preflight.require_shared_storage(str(prep.storage))
+
+
 def _check_local_resources(cfg, num_cpus: int | None) -> None:
     """A trial asking more CPUs or GPUs than a local Ray will have stays PENDING forever: refuse it now.
 
-    Only for a local Ray (no ``RAY_ADDRESS``): a cluster's autoscaler may add nodes, so its requests are its own.
+    Only for a local Ray (no ``RAY_ADDRESS``, no Ray this process already joined): a cluster's GPUs are its own, and
+    its autoscaler may add nodes (``emotune sweep --check`` compares a trial with the cluster's nodes).
     """
-    if os.environ.get("RAY_ADDRESS"):
+    from cluster.preflight import joins_cluster
+
+    if joins_cluster():
         return
     cpus = num_cpus or os.cpu_count() or 1
     if float(cfg.resources.cpu) > cpus:
@@ -730,7 +764,8 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
     from cluster import console
 
     cfg = prep.cfg
-    trainable, run_config = _tuner_common(prep, data, [_logger(prep, session, "search")], cfg.name, session.verbose)
+    logger = _logger(prep, session, "search")
+    trainable, run_config = _tuner_common(prep, data, [logger], cfg.name, session.verbose)
     if tune.Tuner.can_restore(str(exp_dir)):
         # Finished trials are kept, in-flight ones resume from their checkpoints; the searcher state (Optuna study
         # and sampler) is restored from the experiment folder with the space function pickled by reference.
@@ -759,6 +794,7 @@ def _run_search(prep: Prepared, data, exp_dir: Path, session: Session):
         )
     with console.Progress("search", prep.num_samples, cfg.search.metric, done=_finished_children(session, "search")):
         grid = tuner.fit()
+        logger.catch_up()  # MLflow writes queued while the server was unreachable (also a restored callback's)
     return _collect(grid, cfg.search.metric, cfg.search.mode, prep.family.arm_params)
 
 
@@ -785,8 +821,17 @@ def _collect(result_grid, metric: str, mode: str, arm_params: tuple[str, ...] = 
             "checkpoint": ckpt.path if ckpt is not None else None,
             "curve": {"epoch": epochs, metric: [float(v) for v in df[metric]],
                       **({"train_loss": [float(v) for v in df["train_loss"]]} if "train_loss" in df else {})},
+            "ran_to_end": _ran_to_end(df, config),
         })
     return out
+
+
+def _ran_to_end(df, config: dict) -> bool:
+    """Whether a trial stopped by itself (every epoch, or the loop's early stopping), not cut by the scheduler:
+    then it is exactly what a repeat of its config and seed would train."""
+    last = df.iloc[-1]
+    stopped_itself = "early_stopped" in df and bool(last["early_stopped"])
+    return stopped_itself or int(last.get("epoch", 0)) >= int(config.get("max_epochs", 0) or 0) > 0
 
 
 def _finite(v) -> bool:
@@ -823,7 +868,8 @@ def select(results: list[dict], metric: str, mode: str, per_variant: bool) -> di
     """Pick the best trial on validation (best epoch of each trial), overall or per variant.
 
     Returns:
-        ``{variant_or_"all": {"trial_id", "config", "val_score", "best_epoch"}}``.
+        ``{variant_or_"all": {"trial_id", "config", "val_score", "best_epoch", "variant", "record"}}``, ``record``
+        the trial's own record (what :func:`repeat_plan` reuses).
 
     Raises:
         ValueError: No trial reported a finite value of the metric (all failed or diverged): a user error (exit 2)
@@ -843,7 +889,7 @@ def select(results: list[dict], metric: str, mode: str, per_variant: bool) -> di
             continue
         best = (max if mode == "max" else min)(rs, key=lambda r: r["best"][metric])
         chosen[key] = {"trial_id": best["trial_id"], "config": best["config"], "val_score": best["best"][metric],
-                       "best_epoch": best["best_epoch"], "variant": best["variant"]}
+                       "best_epoch": best["best_epoch"], "variant": best["variant"], "record": best}
     return chosen
 
 
@@ -859,7 +905,8 @@ def _log_selection(session: Session, selected: dict, metric: str) -> None:
             sel["run_id"] = run_id
             client.set_tag(parent_id, f"emotune.selected.{key}.run_id", run_id)
         client.log_metric(parent_id, f"selected_{key}_{metric}", sel["val_score"])
-    client.log_text(parent_id, json.dumps(selected, indent=1, default=str), "selection.json")
+    lean = {key: {k: v for k, v in sel.items() if k != "record"} for key, sel in selected.items()}
+    client.log_text(parent_id, json.dumps(lean, indent=1, default=str), "selection.json")
 
 
 def _run_repeats(prep: Prepared, data, selected: dict, session: Session) -> list[dict]:
@@ -869,26 +916,54 @@ def _run_repeats(prep: Prepared, data, selected: dict, session: Session) -> list
 
     cfg = prep.cfg
     name = f"{cfg.name}-repeats"
-    trainable, run_config = _tuner_common(prep, data, [_logger(prep, session, "repeat")], name, session.verbose)
+    logger = _logger(prep, session, "repeat")
+    trainable, run_config = _tuner_common(prep, data, [logger], name, session.verbose)
     exp_dir = Path(prep.storage) / name
-    total = len(selected) * int(cfg.repeats.seeds)
+    reused, configs = repeat_plan(selected, int(cfg.repeats.seeds), cfg.repeats.reuse_search)
+    for rep in reused:
+        if rep.get("run_id"):
+            session.client.set_tag(rep["run_id"], REUSED_TAG, str(rep["config"].get("seed", 0)))
+    if not configs:
+        return reused
     if tune.Tuner.can_restore(str(exp_dir)):
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
     else:
-        configs = [{**sel["config"], "seed": seed}
-                   for _, sel in sorted(selected.items()) for seed in range(int(cfg.repeats.seeds))]
         tuner = tune.Tuner(
             trainable, param_space={"repeat": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(metric=cfg.search.metric, mode=cfg.search.mode,
                                         max_concurrent_trials=int(cfg.search.max_concurrent)),
             run_config=run_config,
         )
-    with console.Progress("repeats", total, cfg.search.metric, done=_finished_children(session, "repeat")):
-        repeats = _collect(tuner.fit(), cfg.search.metric, cfg.search.mode, prep.family.arm_params)
+    with console.Progress("repeats", len(configs), cfg.search.metric, done=_finished_children(session, "repeat")):
+        grid = tuner.fit()
+        logger.catch_up()
+        repeats = _collect(grid, cfg.search.metric, cfg.search.mode, prep.family.arm_params)
     for rep in repeats:
         rep["run_id"] = tracking.find_trial_run(session.client, session.experiment_id, session.parent_id,
                                                 rep["trial_id"])
-    return repeats
+    return reused + repeats
+
+
+REUSED_TAG = "emotune.reused_as_repeat_seed"  # on a search trial's run that also is a repeat (its seed)
+
+
+def repeat_plan(selected: dict, seeds: int, reuse_search: bool) -> tuple[list[dict], list[dict]]:
+    """The repeats of each selected config, seeds 0..seeds-1: ``(reused, to_train)``.
+
+    A selected search trial that ran to its own end (``ran_to_end``) with a seed in that range already is that
+    seed's repeat (same config, same seed, same epochs): with ``reuse_search`` its record is reused (its run, best
+    checkpoint and curve) instead of training it a second time. ``to_train`` are the other configs, seed set.
+    """
+    reused, to_train = [], []
+    for _, sel in sorted(selected.items()):
+        record = sel.get("record") if reuse_search else None
+        search_seed = int(sel["config"].get("seed", 0))
+        for seed in range(seeds):
+            if record is not None and record.get("ran_to_end") and seed == search_seed:
+                reused.append({**record, "run_id": sel.get("run_id")})
+            else:
+                to_train.append({**sel["config"], "seed": seed})
+    return reused, to_train
 
 
 def seed_summary(repeats: list[dict], test: dict) -> tuple[dict[str, float], list[dict]]:

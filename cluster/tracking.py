@@ -4,6 +4,12 @@ All logging happens in the driver (only the driver must reach the tracking serve
 duplicates in-flight trials after ``Tuner.restore`` and ``setup_mlflow`` creates a new run on every retry (notes
 4.1), so :class:`TrialRunLogger` finds a trial's run by its ``ray_trial_id`` tag under the sweep's parent run and
 continues it: a retried or resumed trial keeps one run. Metrics are logged with ``step = epoch``.
+
+A tracking server may go away mid-sweep (``MLFLOW_TRACKING_URI=http://...``): the callback's writes go through a
+:class:`WriteQueue`, tried once each with a short timeout, kept in order and retried with backoff while the server is
+unreachable, so training never waits on MLflow. The end of each trial phase waits up to ``$EMOTUNE_MLFLOW_CATCHUP_S``
+(120 s) for the rest, then fails with :class:`TrackingUnavailableError` (exit 2); the unsent writes are saved with
+Tune's experiment state, and re-running the sweep sends them.
 """
 
 from __future__ import annotations
@@ -54,6 +60,34 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     return client.create_experiment(name)
+
+
+def artifacts_stay_local(tracking_uri: str, artifact_location: str) -> bool:
+    """Whether a tracking server's experiment keeps artifacts on the logging machine's own filesystem.
+
+    A server started with ``--serve-artifacts`` (the default) gives new experiments ``mlflow-artifacts:/<id>`` and
+    receives their files over HTTP. One started with ``--no-serve-artifacts`` and no ``--default-artifact-root``
+    (or an experiment created before the server existed) gives a plain path, its own ``./mlruns`` resolved (notes,
+    pitfall 9): each client then writes the files to that path on its own disk, where the server never sees them.
+    """
+    from urllib.parse import urlsplit
+
+    remote = tracking_uri.lower().startswith(("http://", "https://"))
+    scheme = urlsplit(artifact_location or "").scheme.lower()
+    return remote and (scheme in ("", "file") or len(scheme) == 1)  # one letter: a Windows drive
+
+
+def warn_local_artifacts(client: MlflowClient, experiment_id: str, tracking_uri: str) -> None:
+    """Warn when a tracking server leaves this sweep's artifacts (plots, tables, models) on this machine's disk.
+
+    Only a warning: a path on a filesystem every node and the MLflow UI mount is a valid team setup.
+    """
+    location = client.get_experiment(experiment_id).artifact_location
+    if artifacts_stay_local(tracking_uri, location):
+        _note(f"MLflow experiment {experiment_id} at {_display_uri(tracking_uri)} stores artifacts at {location}, a "
+              f"path each client writes on its own filesystem: the server does not receive them. Unless every "
+              f"node and the MLflow UI share that filesystem, start the server with --serve-artifacts "
+              f"--artifacts-destination FOLDER_OR_URI and use a new experiment (tracking.experiment)")
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, role: str | None = None) -> list:
@@ -146,6 +180,20 @@ def trial_outcome(result: Mapping | None, *, errored: bool, max_epochs: int, sch
     return "stopped_by_asha" if scheduler == "asha" else "stopped"
 
 
+def placement_tags(result: Mapping) -> dict[str, str]:
+    """Where a trial runs, as MLflow tags (``emotune.node_id``, ``emotune.device``, ``emotune.node_ip`` and, with
+    GPUs, ``emotune.gpu_ids``), from the first result after each start of the trial (``trainables.tune_entry.
+    PLACEMENT_KEYS``; Tune adds ``node_ip`` to every result); ``{}`` for any other result. A restarted trial's tags
+    name where it ran last."""
+    from trainables.tune_entry import DEVICE_KEY, GPU_IDS_KEY, NODE_ID_KEY
+
+    if NODE_ID_KEY not in result:
+        return {}
+    tags = {"emotune.node_id": result[NODE_ID_KEY], "emotune.device": result.get(DEVICE_KEY),
+            "emotune.node_ip": result.get("node_ip"), "emotune.gpu_ids": result.get(GPU_IDS_KEY)}
+    return {k: str(v) for k, v in tags.items() if v not in (None, "")}
+
+
 def dataset_inputs(shard_sets: list, context: str = "training") -> list:
     """MLflow dataset inputs for shard sets: name ``corpus/feature_set``, digest = the manifest hash (its first 32
     hex digits: MLflow's digest column holds 36 characters; the profile has it whole), the folder as source."""
@@ -198,6 +246,211 @@ def best_epoch_summary(client: MlflowClient, run_id: str, metric: str, mode: str
     return summary
 
 
+# ---- writes that outlive a tracking-server outage ----------------------------------------------------------
+
+CATCHUP_ENV = "EMOTUNE_MLFLOW_CATCHUP_S"  # seconds the end of a trial phase waits for an unreachable server
+DEFAULT_CATCHUP_S = 120.0
+# While trials run, each MLflow request is tried once with a short timeout; the queue below does the retrying.
+# MLflow's own defaults (7 retries with backoff factor 2, 120 s timeout: mlflow/environment_variables.py, read on
+# every request by mlflow/utils/rest_utils.http_request) hold Tune's event loop for about four minutes per write
+# to a dead server, and training would stall with it.
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+FLUSH_POLL_S = 5.0  # longest pause between tries while the end of a phase waits for the server
+
+
+class TrackingUnavailableError(ValueError):
+    """The tracking server stayed unreachable past the catch-up limit at the end of a trial phase.
+
+    A ValueError so ``emotune`` reports it and exits 2 like the other errors fixed outside the code: nothing is
+    lost (Tune's state, and the writes still pending, are in the experiment folder) and re-running the same sweep
+    resumes and sends them.
+    """
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """Whether an MLflow call failed because the server could not be reached (worth retrying later), rather than
+    because it refused the request (which a retry would not change).
+
+    MLflow wraps the ``requests`` error in an ``MlflowException`` (``raise ... from`` for timeouts, inside the
+    ``except`` block otherwise), so the cause chain is searched. ``RetryError`` is how a 502/503/504 (a proxy in
+    front of a restarting server) arrives once MLflow's own retries are spent.
+    """
+    import requests
+
+    transient = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+                 requests.exceptions.ChunkedEncodingError, ConnectionError, TimeoutError)
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, transient):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class quick_http:  # noqa: N801 (used as a context manager, like contextlib's)
+    """MLflow's HTTP settings set to :data:`QUICK_HTTP` for a block, then put back as they were."""
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in QUICK_HTTP}
+        os.environ.update(QUICK_HTTP)
+        return self
+
+    def __exit__(self, *exc):
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class WriteQueue:
+    """MLflow writes kept in the order they were made and retried while the tracking server is unreachable.
+
+    A write that fails with a connection error stays at the head of the queue and everything behind it waits
+    (a metric batch must not reach a run before the run exists). The next :meth:`drain` after a bounded,
+    doubling backoff tries again. Every write must be safe to apply twice, because a write the server applied but
+    whose reply was lost is retried: metrics carry explicit steps and timestamps (the SQL store drops a repeat of
+    the same key, step, timestamp and value), tags and params are set to the same values, and a run is found by
+    its trial-id tag before one is created.
+
+    Args:
+        server: The tracking URI, named in warnings and errors.
+        first_wait_s: Backoff after the first failure; doubled per failure up to ``max_wait_s``.
+        clock, sleep: Injected for tests.
+    """
+
+    def __init__(self, server: str, *, first_wait_s: float = 1.0, max_wait_s: float = 30.0, clock=None,
+                 sleep=None):
+        import collections
+        import time
+
+        self.server = server
+        self.first_wait_s, self.max_wait_s = float(first_wait_s), float(max_wait_s)
+        self.clock, self.sleep = clock or time.monotonic, sleep or time.sleep
+        self.items: collections.deque = collections.deque()
+        self.failures = 0
+        self.next_try = 0.0
+        self.last_error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, op) -> None:
+        self.items.append(op)
+
+    def drain(self, apply, *, force: bool = False) -> bool:
+        """Apply queued writes in order until one fails to reach the server; between failures, only once the
+        backoff has passed (or ``force``).
+
+        Returns:
+            True when the queue is empty.
+
+        Raises:
+            Exception: A write the server refused (not a connection failure). It is dropped from the queue first:
+                a retry would be refused again, and every later write would wait behind it forever.
+        """
+        if not self.items:
+            return True
+        if not force and self.clock() < self.next_try:
+            return False
+        with quick_http():
+            while self.items:
+                try:
+                    apply(self.items[0])
+                except Exception as err:
+                    if not is_connection_error(err):
+                        self.items.popleft()
+                        raise
+                    self._failed(err)
+                    return False
+                self.items.popleft()
+                if self.failures:
+                    _note(f"MLflow tracking server {self.server} reachable again; sending the "
+                          f"{len(self.items) + 1} queued write(s)")
+                    self.failures = 0
+        return True
+
+    def flush(self, apply, timeout_s: float) -> None:
+        """Drain, trying again after each backoff (at most :data:`FLUSH_POLL_S` apart), until the queue is empty
+        or ``timeout_s`` has passed.
+
+        Raises:
+            TrackingUnavailableError: The server was still unreachable at the deadline.
+        """
+        deadline = self.clock() + max(0.0, float(timeout_s))
+        while not self.drain(apply, force=True):
+            left = deadline - self.clock()
+            if left <= 0:
+                raise TrackingUnavailableError(
+                    f"the MLflow tracking server {self.server} is unreachable ({_short(self.last_error)}): "
+                    f"{len(self.items)} write(s) of this sweep's trial runs (runs, metrics, outcomes) are still "
+                    f"unsent after waiting {timeout_s:g} s. Training is done and nothing is lost: Tune's state "
+                    f"and the unsent writes are kept in the experiment folder. Start the server (or fix "
+                    f"MLFLOW_TRACKING_URI / tracking.uri) and re-run the same sweep to resume and send them; "
+                    f"{CATCHUP_ENV} sets how long to wait")
+            # The backoff, but a few seconds at most: no trial runs any more, so a try costs nothing and a server
+            # that is back is seen soon.
+            self.sleep(max(0.0, min(self.next_try - self.clock(), FLUSH_POLL_S, left)))
+
+    def _failed(self, err: BaseException) -> None:
+        if not self.failures:
+            _note(f"MLflow tracking server {self.server} unreachable ({_short(err)}); training goes on, "
+                  f"{len(self.items)} write(s) queued and retried until it is back")
+        self.failures += 1
+        self.last_error = err
+        wait = min(self.max_wait_s, self.first_wait_s * 2 ** (self.failures - 1))
+        self.next_try = self.clock() + wait
+
+
+def catchup_seconds() -> float:
+    """How long a trial phase's end waits for the tracking server: ``$EMOTUNE_MLFLOW_CATCHUP_S`` or 120 s."""
+    raw = os.environ.get(CATCHUP_ENV)
+    if not raw:
+        return DEFAULT_CATCHUP_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"{CATCHUP_ENV} must be a number of seconds >= 0, but got {raw!r}")
+    return value
+
+
+def _short(err: BaseException | None) -> str:
+    """What went wrong, in a few words: MLflow's connection errors wrap the URL and urllib3's reprs around the
+    reason (``[Errno 111] Connection refused``, ``Read timed out``, ``too many 503 error responses``)."""
+    import re
+
+    text = str(err or "")
+    found = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out|too many \d+ error responses", text)
+    if found:
+        return found.group(0).strip()
+    lines = text.strip().splitlines()
+    return (lines[0] if lines else "no reply")[:200]
+
+
+def _display_uri(uri: str) -> str:
+    """A tracking URI fit for a message: any ``user:password@`` left out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def _note(message: str) -> None:
+    import sys
+
+    print(f"emotune: warning: {message}", file=sys.stderr, flush=True)
+
+
+# One queue per (tracking URI, parent run, role) in this process: ``Tuner.restore`` runs an unpickled copy of the
+# callback, not the one the driver built, and the driver's end-of-phase catch-up must drain that copy's writes.
+_QUEUES: dict[tuple[str, str, str], WriteQueue] = {}
+
+
 class TrialRunLogger(tune.Callback):
     """A Tune callback logging every trial as a child run of the sweep's parent run.
 
@@ -205,7 +458,8 @@ class TrialRunLogger(tune.Callback):
     tags, the shard sets as dataset inputs and only the params its variant uses; metrics are logged every epoch
     (step = epoch). When the trial ends, the run gets its outcome (:data:`OUTCOME_TAG`) and its best epoch's
     validation metrics as single values (``best_<metric>``, ``best_epoch``): the runs table shows the best epoch,
-    the charts keep the curve.
+    the charts keep the curve. Every write goes through :attr:`writes` (see :class:`WriteQueue`); other hooks that
+    write to a trial's run should use :meth:`queue_batch`, not the client, to keep their place in that order.
 
     Args:
         tracking_uri: MLflow tracking URI.
@@ -248,27 +502,10 @@ class TrialRunLogger(tune.Callback):
         """The trial's run: found by tag (after a retry or restore) or created once."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        client = self.client
-        run_id = find_trial_run(client, self.experiment_id, self.parent_run_id, trial.trial_id)
-        if run_id is not None:
-            client.update_run(run_id, status="RUNNING")
-        else:
-            config = trial.config.get("repeat", trial.config)
-            tags = {**self.tags, TRIAL_TAG: trial.trial_id, PARENT_TAG: self.parent_run_id, ROLE_TAG: self.role,
-                    "variant": str(config.get("variant", "")), "seed": str(config.get("seed", "")),
-                    **({"input": str(config["input"])} if config.get("input") else {})}
-            name = trial_run_name(self.role, config, trial_index(trial))
-            run = client.create_run(self.experiment_id, run_name=name, tags=tags)
-            run_id = run.info.run_id
-            params = self.resolve_params(config) if self.resolve_params else config
-            client.log_batch(run_id, params=loggable_params(params))
-            if self.datasets:
-                client.log_inputs(run_id, datasets=self.datasets)
-        self._runs[trial.trial_id] = run_id
-        return run_id
+        return self._open(trial.trial_id, self._opening(trial))
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        self._ensure_open(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
@@ -276,26 +513,134 @@ class TrialRunLogger(tune.Callback):
         metrics = [mlflow.entities.Metric(k, float(v), int(result.get("timestamp", 0)) * 1000, step)
                    for k, v in result.items()
                    if isinstance(v, int | float) and not isinstance(v, bool) and k.startswith(("val_", "train_"))]
-        if metrics:
-            self.client.log_batch(self.run_id(trial), metrics=metrics)
+        tags = placement_tags(result)
+        if metrics or tags:
+            self.queue_batch(trial, metrics=metrics, tags=tags)
 
     def _finish(self, trial, *, errored: bool) -> None:
-        client, run_id = self.client, self.run_id(trial)
         outcome = trial_outcome(trial.last_result, errored=errored, max_epochs=self.max_epochs,
                                 scheduler=self.scheduler)
-        client.set_tag(run_id, OUTCOME_TAG, outcome)
-        if errored:
-            error = _first_error_line(trial)
-            if error:
-                client.set_tag(run_id, "emotune.error", error[:5000])
+        config = trial.config.get("repeat", trial.config)
+        self._ensure_open(trial)
+        self._send(("finish", trial.trial_id, {
+            "errored": errored, "outcome": outcome, "error": _first_error_line(trial)[:5000] if errored else "",
+            "name": trial_run_name(self.role, config, trial_index(trial)),
+            "epochs": int((trial.last_result or {}).get("epoch", 0) or 0)}))
+
+    def _close(self, run_id: str, finish: dict) -> None:
+        """Apply a queued ``finish``: outcome, best-epoch summary (read back from the run, so after the metrics
+        queued before it), terminal status, the console line. Safe to repeat."""
+        client = self.client
+        client.set_tag(run_id, OUTCOME_TAG, finish["outcome"])
+        if finish["error"]:
+            client.set_tag(run_id, "emotune.error", finish["error"])
         summary = best_epoch_summary(client, run_id, self.metric, self.mode)
         if summary:
             step = int(summary["best_epoch"])
             client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, v, 0, step) for k, v in summary.items()])
-        client.set_terminated(run_id, "FAILED" if errored else "FINISHED")
+        client.set_terminated(run_id, "FAILED" if finish["errored"] else "FINISHED")
+        console.trial_finished(finish["name"], finish["outcome"], summary, finish["epochs"])
+
+    # -- the write queue: every MLflow write of a trial goes through it, so an unreachable server delays the
+    # -- writes (in order) instead of failing or stalling the sweep.
+
+    @property
+    def writes(self) -> WriteQueue:
+        """This sweep phase's queue of unsent writes (shared with restored copies of this callback)."""
+        key = (self.tracking_uri, self.parent_run_id, self.role)
+        if key not in _QUEUES:
+            _QUEUES[key] = WriteQueue(_display_uri(self.tracking_uri))
+        return _QUEUES[key]
+
+    def queue_batch(self, trial, metrics=(), tags: Mapping[str, str] | None = None) -> None:
+        """Log metrics (``mlflow.entities.Metric`` with explicit step and timestamp, so a resent batch is not
+        doubled) and tags on the trial's run, now or, while the server is unreachable, once it is back."""
+        self._ensure_open(trial)
+        self._send(("batch", trial.trial_id, {"metrics": list(metrics), "tags": dict(tags or {})}))
+
+    def catch_up(self, timeout_s: float | None = None) -> None:
+        """Send every queued write, waiting up to ``timeout_s`` (default :func:`catchup_seconds`) for the server.
+
+        Raises:
+            TrackingUnavailableError: The server is still unreachable; the writes stay queued (and in Tune's
+                experiment state, so a re-run sends them).
+        """
+        self.writes.flush(self._apply, catchup_seconds() if timeout_s is None else timeout_s)
+
+    def get_state(self) -> dict:
+        # Saved with every Tune experiment snapshot, so a driver that dies (or gives up on the server) leaves its
+        # unsent writes in the experiment folder for the re-run. Never None: an empty list must replace the
+        # pending list of an older snapshot, or a restore would replay it.
+        return {"pending_writes": list(self.writes.items)}
+
+    def set_state(self, state: dict) -> None:
+        queue = self.writes
+        if not queue:  # a queue already filled in this process is newer than any snapshot
+            for op in state.get("pending_writes", []):
+                queue.put(op)
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.writes:  # retry now and then while trials run, not only when one reports
+            self.writes.drain(self._apply)
+
+    def _send(self, op) -> None:
+        queue = self.writes
+        queue.put(op)
+        queue.drain(self._apply)
+
+    def _ensure_open(self, trial) -> None:
+        """Queue the opening of the trial's run unless it is open or its opening is already queued."""
+        tid = trial.trial_id
+        if tid in self._runs or any(op[0] == "open" and op[1] == tid for op in self.writes.items):
+            return
+        self._send(("open", tid, self._opening(trial)))
+
+    def _opening(self, trial) -> dict:
+        """What opening a trial's run needs, worked out now, while the trial object is at hand."""
         config = trial.config.get("repeat", trial.config)
-        epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
-        console.trial_finished(trial_run_name(self.role, config, trial_index(trial)), outcome, summary, epochs)
+        tags = {**self.tags, TRIAL_TAG: trial.trial_id, PARENT_TAG: self.parent_run_id, ROLE_TAG: self.role,
+                "variant": str(config.get("variant", "")), "seed": str(config.get("seed", "")),
+                **({"input": str(config["input"])} if config.get("input") else {})}
+        params = self.resolve_params(config) if self.resolve_params else config
+        return {"tags": tags, "name": trial_run_name(self.role, config, trial_index(trial)),
+                "params": loggable_params(params), "created": False}
+
+    def _open(self, trial_id: str, opening: dict) -> str:
+        """Find the trial's run by its tag (a retried or restored trial continues it) or create it; safe to repeat."""
+        client = self.client
+        run_id = find_trial_run(client, self.experiment_id, self.parent_run_id, trial_id)
+        if run_id is not None and not opening["created"]:
+            client.update_run(run_id, status="RUNNING")
+        else:
+            if run_id is None:
+                # Marked before sending (and kept in the queued op): if the server creates the run but its reply is
+                # lost, the retry finds the run by its tag and still logs its params and inputs.
+                opening["created"] = True
+                run_id = client.create_run(self.experiment_id, run_name=opening["name"],
+                                           tags=opening["tags"]).info.run_id
+            client.log_batch(run_id, params=opening["params"])
+            if self.datasets:
+                client.log_inputs(run_id, datasets=self.datasets)
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def _apply(self, op) -> None:
+        kind, trial_id, payload = op
+        if kind == "open":
+            self._open(trial_id, payload)
+            return
+        run_id = self._runs.get(trial_id) or find_trial_run(self.client, self.experiment_id, self.parent_run_id,
+                                                            trial_id)
+        if run_id is None:  # cannot happen while "open" precedes a trial's other writes in the queue
+            raise RuntimeError(f"no MLflow run of trial {trial_id} under parent run {self.parent_run_id}")
+        self._runs[trial_id] = run_id
+        if kind == "batch":
+            tags = [mlflow.entities.RunTag(k, str(v)) for k, v in payload["tags"].items()]
+            self.client.log_batch(run_id, metrics=payload["metrics"], tags=tags)
+        elif kind == "finish":
+            self._close(run_id, payload)
+        else:
+            raise ValueError(f"unknown queued MLflow write {kind!r}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, errored=False)

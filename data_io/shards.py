@@ -17,9 +17,10 @@ Verification (:func:`open_shards` with ``verify_checksums``) hashes every part o
 in ``_verified.json`` (or a per-user cache for a read-only folder), so a later sweep over unchanged parts pays a
 ``stat`` per part. :meth:`ShardSet.read_all` refuses NaN or infinite features and labels, whoever wrote the shard.
 
-Reading is built for the sweep driver, which decodes a whole feature set once per node
-(:meth:`ShardSet.read_all`) and shares it through Ray's object store; see :data:`COMPRESSION` for the
-measurements behind the storage choices.
+Reading is built for the sweep driver, which decodes a whole feature set once (:meth:`ShardSet.read_all`) and
+shares it through Ray's object store, one copy per node; see :data:`COMPRESSION` for the measurements behind the
+storage choices. A shard folder may be a local path or a URI pyarrow's filesystems read (``s3://``, ``gs://``,
+``hdfs://``, ``file://``; see :func:`open_shards`): only the driver reads it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,34 @@ _NON_FINITE_FIX = ("Re-run `emotune ingest` into a fresh --out folder: it quaran
 
 class ShardError(ValueError):
     """A shard folder is missing, from another schema version or damaged; the message names file and fix."""
+
+
+# ---- folders named by URI ----------------------------------------------------------------------------------
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_REACH_FIX = ("check the URI, that this machine reaches the store (network, endpoint) and its credentials "
+              "(AWS_* variables or ~/.aws for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)")
+
+
+def is_uri(folder: str | os.PathLike) -> bool:
+    """Whether a shard folder is named by a URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``) rather than a path."""
+    return bool(_URI.match(str(folder)))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+def _filesystem(uri: str):
+    """``(pyarrow filesystem, path inside it)`` of a URI, or ShardError naming the URI and the fix."""
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, base = pafs.FileSystem.from_uri(uri)
+    except (OSError, pa.ArrowException, ValueError) as err:  # an unknown scheme, a missing driver (libhdfs)
+        raise ShardError(f"shard folder {uri} cannot be opened ({_first_line(err)}); use a local path or a URI "
+                         f"pyarrow reads (s3://, gs://, hdfs://, file://), and {_REACH_FIX}") from None
+    return filesystem, base.rstrip("/")
 
 
 def shard_schema(feature_dtype: str) -> pa.Schema:
@@ -244,9 +273,9 @@ def build_table(rows: list[dict], features: list[np.ndarray], feature_dtype: str
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path | PurePosixPath, filesystem=None) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") if filesystem is None else filesystem.open_input_stream(str(path)) as f:
         while chunk := f.read(4 * 2**20):
             h.update(chunk)
     return h.hexdigest()
@@ -452,7 +481,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     """Read ``<folder>/_manifest.json``.
 
     Args:
-        folder: The feature-set folder.
+        folder: The feature-set folder: a local path or a URI (see :func:`open_shards`).
 
     Returns:
         The :class:`Manifest`.
@@ -463,12 +492,25 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
             ``part-NNNNN.parquet`` name (or twice), its rows do not add up to ``total_rows``, or its stored
             content hash disagrees with its contents (it was edited by hand).
     """
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise ShardError(f"{path} does not exist, so {folder} is not a finished shard folder. Run `emotune "
-                         f"ingest` (it resumes an interrupted ingest) and pass <out>/<corpus>/<feature_set>.")
+    missing = (f"does not exist, so {folder} is not a finished shard folder. Run `emotune ingest` (it resumes an "
+               f"interrupted ingest) and pass <out>/<corpus>/<feature_set>.")
+    if is_uri(folder):
+        filesystem, base = _filesystem(str(folder))
+        path = f"{str(folder).rstrip('/')}/{MANIFEST_NAME}"
+        try:
+            with filesystem.open_input_stream(f"{base}/{MANIFEST_NAME}") as f:
+                text = f.read().decode()
+        except FileNotFoundError:
+            raise ShardError(f"{path} {missing}") from None
+        except OSError as err:
+            raise ShardError(f"{path} cannot be read ({_first_line(err)}); {_REACH_FIX}") from None
+    else:
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise ShardError(f"{path} {missing}")
+        text = path.read_text()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise ShardError(f"{path} is not valid JSON ({err}); re-run `emotune ingest` to rewrite it") from None
     if not isinstance(raw, dict):
@@ -505,17 +547,24 @@ class ShardSet:
     Create with :func:`open_shards`, which validates the folder first.
 
     Attributes:
-        folder: The feature-set folder.
+        folder: The feature-set folder: a ``Path``, or the URI it was opened by.
         manifest: Its :class:`Manifest`.
         schema: The parts' Arrow schema.
+        filesystem: The pyarrow filesystem of a URI folder; None for a local path (read directly).
     """
 
-    def __init__(self, folder: Path, manifest: Manifest) -> None:
+    def __init__(self, folder: Path | str, manifest: Manifest, *, filesystem=None, base: str = "") -> None:
         self.folder = folder
         self.manifest = manifest
         self.schema = shard_schema(manifest.feature_dtype)
-        self._paths = [folder / f["name"] for f in manifest.files]
+        self.filesystem = filesystem
+        # Paths inside ``filesystem`` for a URI folder (an object store has no local Path), else local Paths.
+        root = PurePosixPath(base) if filesystem is not None else folder
+        self._paths = [root / f["name"] for f in manifest.files]
         self._index: dict[str, tuple[int, int]] | None = None
+
+    def _parquet(self, k: int) -> pq.ParquetFile:
+        return pq.ParquetFile(str(self._paths[k]), filesystem=self.filesystem)
 
     def __repr__(self) -> str:
         return (f"ShardSet({str(self.folder)!r}, rows={self.num_rows}, files={len(self._paths)}, "
@@ -577,14 +626,16 @@ class ShardSet:
         if not self._paths:
             return self.schema.empty_table().select(cols)
         # A dataset of the listed parts only (stray temp files are never globbed); to_table keeps part order.
-        dataset = ds.dataset([str(p) for p in self._paths], schema=self.schema, format="parquet")
+        dataset = ds.dataset([str(p) for p in self._paths], schema=self.schema, format="parquet",
+                             filesystem=self.filesystem)
         return dataset.to_table(columns=cols, filter=expr)
 
     def _row_index(self) -> dict[str, tuple[int, int]]:
         if self._index is None:
             index: dict[str, tuple[int, int]] = {}
             for k, path in enumerate(self._paths):
-                for r, u in enumerate(pq.read_table(path, columns=["utt_id"]).column(0).to_pylist()):
+                ids = pq.read_table(str(path), columns=["utt_id"], filesystem=self.filesystem).column(0)
+                for r, u in enumerate(ids.to_pylist()):
                     if u in index:
                         raise ShardError(f"utt_id {u!r} appears in both {self._paths[index[u][0]].name} "
                                          f"and {path.name} of {self.folder}; re-run `emotune ingest` into "
@@ -617,7 +668,7 @@ class ShardSet:
         for pos, (k, r) in enumerate(where):
             by_file.setdefault(k, []).append((pos, r))
         for k, wanted in by_file.items():
-            pf = pq.ParquetFile(self._paths[k])
+            pf = self._parquet(k)
             starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
             groups: dict[int, pa.Table] = {}
             for pos, r in wanted:
@@ -672,7 +723,7 @@ class ShardSet:
                 the message names the part files and the first utterance ids.
         """
         meta_cols = self.metadata_columns
-        files = [pq.ParquetFile(p) for p in self._paths]
+        files = [self._parquet(k) for k in range(len(self._paths))]
         metas = [pf.read(columns=meta_cols, use_threads=False) for pf in files]
         meta = pa.concat_tables(metas) if metas else self.schema.empty_table().select(meta_cols)
         shapes = np.stack([meta.column("n_frames").to_numpy(), meta.column("n_bins").to_numpy()], axis=1)
@@ -781,14 +832,18 @@ _CACHE_VERSION = 1
 _RACY_NS = 2 * 10**9
 
 
-def _check_part(path: Path, listed: dict, expected: pa.Schema) -> None:
-    """Footer-level checks of one listed part: present, a Parquet file, the schema, the row count, the size."""
+def _check_part(path: Path | PurePosixPath, listed: dict, expected: pa.Schema, filesystem=None) -> None:
+    """Footer-level checks of one listed part: present, a Parquet file, the schema, the row count, the size.
+
+    ``filesystem`` is the pyarrow filesystem ``path`` lies in (a URI folder); None for a local path.
+    """
     fix = "Re-run `emotune ingest` into a fresh --out folder."
-    if not path.is_file():
+    info = filesystem.get_file_info(str(path)) if filesystem is not None else None
+    if not (path.is_file() if info is None else info.is_file):
         raise ShardError(f"{path} is listed in {path.parent / MANIFEST_NAME} but missing; re-run `emotune "
                          f"ingest` with the same --out to rewrite it")
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(str(path), filesystem=filesystem)
     except (pa.ArrowInvalid, OSError) as err:
         raise ShardError(f"{path} is not a readable Parquet file ({err}); delete it and re-run `emotune "
                          f"ingest` with the same --out to rewrite it") from None
@@ -808,7 +863,7 @@ def _check_part(path: Path, listed: dict, expected: pa.Schema) -> None:
     if pf.metadata.num_rows != listed["rows"]:
         raise ShardError(f"{path} holds {pf.metadata.num_rows} rows but the manifest lists {listed['rows']}, "
                          f"so the file was replaced. {fix}")
-    size = path.stat().st_size
+    size = path.stat().st_size if info is None else info.size
     if size != listed["bytes"]:
         # A stat, after the more telling schema and row checks: a changed file without reading its bytes.
         raise ShardError(f"{path} is {size} bytes but the manifest lists {listed['bytes']}, so the file changed "
@@ -895,10 +950,7 @@ def _verify_checksums(folder: Path, manifest: Manifest, use_cache: bool) -> None
         if any(cache.get(name) == record for cache in known):
             verified[name] = record
             continue
-        digest = _sha256(path)
-        if digest != listed["sha256"]:
-            raise ShardError(f"{path}: sha256 is {digest} but the manifest lists {listed['sha256']}, so the file "
-                             f"changed after ingestion. Re-run `emotune ingest` into a fresh --out folder.")
+        _check_digest(path, _sha256(path), listed)
         # Unchanged while it was read (the digest belongs to these stats) and old enough to be told apart from a
         # later change.
         if _file_state(path) == before and now - max(before["mtime_ns"], before["ctime_ns"]) > _RACY_NS:
@@ -906,6 +958,29 @@ def _verify_checksums(folder: Path, manifest: Manifest, use_cache: bool) -> None
             recorded = True
     if recorded:  # a full verification (no cache trusted) refreshes the record too
         _save_cache(folder, resolved, verified)
+
+
+def _check_digest(path, digest: str, listed: dict) -> None:
+    if digest != listed["sha256"]:
+        raise ShardError(f"{path}: sha256 is {digest} but the manifest lists {listed['sha256']}, so the file "
+                         f"changed after ingestion. Re-run `emotune ingest` into a fresh --out folder.")
+
+
+def _list_uri_folder(uri: str) -> tuple[object, str, list[str]]:
+    """``(filesystem, path inside it, file names)`` of a shard folder named by a URI."""
+    from pyarrow import fs as pafs
+
+    filesystem, base = _filesystem(uri)
+    try:
+        info = filesystem.get_file_info(base)
+        names = ([i.base_name for i in filesystem.get_file_info(pafs.FileSelector(base))]
+                 if info.type == pafs.FileType.Directory else None)
+    except OSError as err:
+        raise ShardError(f"shard folder {uri} cannot be reached ({_first_line(err)}); {_REACH_FIX}") from None
+    if names is None:
+        raise ShardError(f"shard folder {uri} does not exist; upload a folder `emotune ingest` wrote "
+                         f"(<out>/<corpus>/<feature_set>, every file of it) there, or fix the URI")
+    return filesystem, base, names
 
 
 def open_shards(folder: str | os.PathLike, verify_checksums: bool = False, *, checksum_cache: bool = True
@@ -920,8 +995,13 @@ def open_shards(folder: str | os.PathLike, verify_checksums: bool = False, *, ch
     per-user cache (``$XDG_CACHE_HOME/emotune`` or ``~/.cache/emotune``) when the folder is read-only; when neither
     can be written every call hashes again.
 
+    A folder named by a URI (``s3://bucket/shards/iemocap/mfcc``, ``gs://...``, ``hdfs://...``, ``file:///...``) is
+    read through ``pyarrow.fs.FileSystem.from_uri`` with the same checks. Its checksums are verified every time (an
+    object store has no inode or ctime that would tell an unchanged part): one more read of the data, by the driver
+    only, since trials read the decoded store, never the shards.
+
     Args:
-        folder: The feature-set folder holding ``_manifest.json``.
+        folder: The feature-set folder holding ``_manifest.json``: a local path or a URI.
         verify_checksums: Compare every part's sha256 with the manifest (what a sweep does before training).
         checksum_cache: Trust the record of verified parts. False hashes every byte (and records the result),
             which also finds damage that left a file's size and times alone (a failing disk).
@@ -933,28 +1013,38 @@ def open_shards(folder: str | os.PathLike, verify_checksums: bool = False, *, ch
         ShardError: A missing folder or manifest, another schema version, an edited manifest or one without its
             hash, a part name outside the folder, an unlisted part, a missing, damaged or altered part.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ShardError(f"shard folder {folder} does not exist; run `emotune ingest --corpus CORPUS --root "
-                         f"ROOT --out OUT --features SET` first and pass OUT/CORPUS/SET")
+    filesystem, base = None, ""
+    if is_uri(folder):
+        folder = str(folder).rstrip("/")
+        filesystem, base, names = _list_uri_folder(folder)
+        root, where = PurePosixPath(base), f"{folder}/{MANIFEST_NAME}"
+    else:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ShardError(f"shard folder {folder} does not exist; run `emotune ingest --corpus CORPUS --root "
+                             f"ROOT --out OUT --features SET` first and pass OUT/CORPUS/SET")
+        names = [p.name for p in folder.iterdir()]
+        root, where = folder, folder / MANIFEST_NAME
     manifest = read_manifest(folder)  # also refuses another schema version and bad part names
-    where = folder / MANIFEST_NAME
     if manifest.feature_dtype not in FEATURE_DTYPES:
         raise ShardError(f"{where} has feature_dtype {manifest.feature_dtype!r}, expected one of "
                          f"{FEATURE_DTYPES}. Re-run `emotune ingest` into a fresh --out folder.")
     listed = {f["name"] for f in manifest.files}
     # A part the manifest does not list is a manifest that lost rows (or a leftover of another ingest).
-    unlisted = sorted(p.name for p in folder.iterdir() if PART_NAME.fullmatch(p.name) and p.name not in listed)
+    unlisted = sorted(n for n in names if PART_NAME.fullmatch(n) and n not in listed)
     if unlisted:
         raise ShardError(f"{folder} holds {unlisted}, which {where} does not list, so the manifest lost parts "
                          f"(their rows) or the files are left from another ingest. Re-run `emotune ingest` with "
                          f"--overwrite or into a fresh --out folder.")
     expected = shard_schema(manifest.feature_dtype)
     for entry in manifest.files:
-        _check_part(folder / entry["name"], entry, expected)
-    if verify_checksums:
+        _check_part(root / entry["name"], entry, expected, filesystem)
+    if verify_checksums and filesystem is None:
         _verify_checksums(folder, manifest, use_cache=checksum_cache)
-    return ShardSet(folder, manifest)
+    elif verify_checksums:
+        for entry in manifest.files:
+            _check_digest(root / entry["name"], _sha256(root / entry["name"], filesystem), entry)
+    return ShardSet(folder, manifest, filesystem=filesystem, base=base)
 
 
 def list_feature_sets(out_root: str | os.PathLike, corpus: str) -> list[str]:

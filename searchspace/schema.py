@@ -30,7 +30,7 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
              per_layer_lambda: false, points_to_evaluate: []}
     train: {max_epochs: 50, patience: 5, early_stopping: patience, batch_size: 256, select_per_variant: true,
             lr_schedule: none, lr_factor: 0.5, min_lr: 1.0e-5}
-    repeats: {seeds: 10}
+    repeats: {seeds: 10, reuse_search: true}
     resources: {cpu: 1, gpu: 0, max_failures: 2}
     tracking: {uri: null, experiment: null}
     registry: {model_name: null, alias: candidate}
@@ -317,9 +317,15 @@ class TrainConfig(_Section):
 
 
 class RepeatsConfig(_Section):
-    """Re-train the selected config with seeds 0..seeds-1 before scoring test once."""
+    """Re-train the selected config with seeds 0..seeds-1 before scoring test once.
+
+    ``reuse_search``: the selected search trial already is the repeat of seed ``search.seed`` when it ran to its own
+    end (every epoch, or its early stopping; not cut short by the scheduler): that repeat is the search trial, not a
+    second identical training run.
+    """
 
     seeds: int = Field(10, ge=1)
+    reuse_search: bool = True
 
 
 class ResourcesConfig(_Section):
@@ -422,16 +428,16 @@ class SweepConfig(_Section):
         except ValidationError as err:
             raise ConfigError(_describe(err)) from None
 
-    def resolved_shards(self, base: Path | str) -> list[Path]:
-        """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder).
-        With ``data.inputs``, the first input's folders."""
+    def resolved_shards(self, base: Path | str) -> list[Path | str]:
+        """``data.shards`` as absolute paths; relative ones resolve against ``base`` (the config file's folder),
+        URIs (``s3://...``) stay as written. With ``data.inputs``, the first input's folders."""
         return _resolve(self.data.shards or next(iter(self.data.inputs.values())), base)
 
-    def resolved_inputs(self, base: Path | str) -> dict[str, list[Path]]:
+    def resolved_inputs(self, base: Path | str) -> dict[str, list[Path | str]]:
         """``data.inputs`` as ``{input name: absolute folders}``; empty without inputs."""
         return {name: _resolve(folders, base) for name, folders in self.data.inputs.items()}
 
-    def resolved_auxiliary(self, base: Path | str) -> list[Path]:
+    def resolved_auxiliary(self, base: Path | str) -> list[Path | str]:
         """``data.auxiliary[*].shards`` as absolute paths, resolved like :meth:`resolved_shards`."""
         return _resolve([a.shards for a in self.data.auxiliary], base)
 
@@ -511,9 +517,11 @@ def load_sweep_config(path: Path | str, families: Collection[str] | None = None)
         raise ConfigError(err.problems, str(path)) from None
 
 
-def _resolve(paths: list[str], base: Path | str) -> list[Path]:
-    found = [Path(p).expanduser() for p in paths]
-    return [(p if p.is_absolute() else Path(base) / p).resolve() for p in found]
+def _resolve(paths: list[str], base: Path | str) -> list[Path | str]:
+    # A URI (s3://bucket/shards/x, file:///data/x) is kept as written: Path() would fold its '//' and make it a
+    # relative path under the config's folder; data_io.shards reads it through pyarrow.fs.
+    found = [p if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", p) else Path(p).expanduser() for p in paths]
+    return [p if isinstance(p, str) else (p if p.is_absolute() else Path(base) / p).resolve() for p in found]
 
 
 def _context(families: Collection[str] | None) -> dict:

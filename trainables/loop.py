@@ -576,7 +576,11 @@ def evaluate_state(state: Mapping, store: FeatureStore, fold_ids: list[list[str]
 def state_predictions(state: Mapping, store: FeatureStore, fold_ids: list[list[str]]
                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Utterance-level outputs and encoded labels of a state's fold models on the given rows, all folds stacked
-    (for predicted-vs-true plots and confusion matrices)."""
+    (for predicted-vs-true plots and confusion matrices).
+
+    A class target whose classes differ between folds has no common label space across them (speaker identities
+    when each fold trains on other speakers, as ``speaker_kfold`` does): its codes and outputs are left out.
+    """
     outputs: dict[str, list] = {}
     labels: dict[str, list] = {}
     cpu = torch.device("cpu")
@@ -585,7 +589,16 @@ def state_predictions(state: Mapping, store: FeatureStore, fold_ids: list[list[s
             outputs.setdefault(key, []).append(value)
         for key, value in evalset.labels.items():
             labels.setdefault(key, []).append(np.asarray(value))
-    return ({k: np.concatenate(v) for k, v in outputs.items()}, {k: np.concatenate(v) for k, v in labels.items()})
+    varying = classes_varying_between_folds(state["folds"][:len(fold_ids)])
+    return ({k: np.concatenate(v) for k, v in outputs.items() if k not in varying},
+            {k: np.concatenate(v) for k, v in labels.items() if k not in varying})
+
+
+def classes_varying_between_folds(fold_states: list[Mapping]) -> set[str]:
+    """The class targets whose class lists differ between a checkpoint's folds (each fold's encoder states)."""
+    first = fold_states[0]["encoders"]
+    return {t for t, enc in first.items()
+            if "classes" in enc and any(f["encoders"][t].get("classes") != enc["classes"] for f in fold_states)}
 
 
 def config_dict(cfg) -> dict:

@@ -14,14 +14,15 @@ from tests.cluster.helpers import write_config
 
 @pytest.fixture(scope="session")
 def finished_sweep(msp_functionals, tmp_path_factory):
-    """Two ladder variants, 4 TPE trials under ASHA, 2 seeds each: its MLflow store, result and console output."""
+    """Two ladder variants, 4 TPE trials under ASHA, 2 seeds each, both trained as repeat runs (``reuse_search``
+    off: the repeat runs are what the MLflow tests read): its MLflow store, result and console output."""
     from cluster.sweep import run_sweep
 
     tmp = tmp_path_factory.mktemp("finished_sweep")
     shard_dir = msp_functionals[0] / "msp_podcast" / "functionals"
     path = write_config(tmp, shard_dir, **{"model.variants": ["dnn_mtl", "ladder_mtl"], "search.num_samples": 4,
                                            "search.scheduler": "asha", "search.grace_period": 1,
-                                           "search.reduction_factor": 2})
+                                           "search.reduction_factor": 2, "repeats.reuse_search": False})
     out = io.StringIO()
     here = os.getcwd()
     os.chdir(tmp)  # MLflow's sqlite artifact root is the working folder at experiment creation

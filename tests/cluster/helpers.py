@@ -34,12 +34,13 @@ def write_config(tmp_path: Path, shard_dir: Path, **overrides) -> Path:
 
 
 def tiny_sweep_config(tmp_path: Path, shard_dir: Path, name: str, experiment: str, model: str) -> Path:
-    """The smallest real sweep: one variant, 2 random trials of 2 epochs, 1 seed, no retries."""
+    """The smallest real sweep: one variant, 2 random trials of 2 epochs, 1 seed trained again as a repeat run
+    (``reuse_search`` off, so every sweep phase runs), no retries."""
     return write_config(tmp_path, shard_dir, **{
         "name": name, "tracking.experiment": experiment, "registry.model_name": model,
         "model.fixed": {"hidden": [16, 16]}, "search.sampler": "random", "search.num_samples": 2,
         "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2, "repeats.seeds": 1,
-        "resources.max_failures": 0})
+        "repeats.reuse_search": False, "resources.max_failures": 0})
 
 
 def run_sweep_in(folder: Path, config: Path, num_cpus: int = 2):

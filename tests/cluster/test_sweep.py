@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.helpers import mlflow_tracking, write_config
+from cluster.sweep import REUSED_TAG, repeat_plan
+from tests.cluster.helpers import mlflow_tracking, run_sweep_in, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,6 +69,38 @@ def test_trials_cannot_read_test_rows(tmp_path, shard_dir):
         data.store.rows([next(iter(test_ids))])
 
 
+def _selection(variant: str, seed: int, ran_to_end: bool) -> dict:
+    config = {"variant": variant, "lr": 0.01, "seed": seed}
+    record = {"trial_id": f"t_{variant}", "config": config, "ran_to_end": ran_to_end, "checkpoint": "ck"}
+    return {"trial_id": f"t_{variant}", "config": config, "run_id": f"run_{variant}", "record": record}
+
+
+def test_repeat_plan_reuses_only_a_search_trial_that_ran_to_its_end():
+    selected = {"a": _selection("a", 0, True), "b": _selection("b", 0, False), "c": _selection("c", 5, True)}
+    reused, to_train = repeat_plan(selected, 3, reuse_search=True)
+    # a: its search trial is seed 0's repeat; b: cut short by the scheduler, so seed 0 trains; c: seed 5 is not
+    # among the repeat seeds 0..2.
+    assert [(r["trial_id"], r["run_id"], r["config"]["seed"]) for r in reused] == [("t_a", "run_a", 0)]
+    assert sorted((c["variant"], c["seed"]) for c in to_train) == [
+        ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2), ("c", 0), ("c", 1), ("c", 2)]
+    assert all(c["lr"] == 0.01 for c in to_train)
+    reused, to_train = repeat_plan(selected, 3, reuse_search=False)
+    assert reused == [] and len(to_train) == 9
+    reused, to_train = repeat_plan({"a": _selection("a", 0, True)}, 1, reuse_search=True)
+    assert len(reused) == 1 and to_train == []  # nothing left to train: no repeats experiment at all
+
+
+def test_ran_to_end_tells_the_scheduler_from_the_loop():
+    import pandas as pd
+
+    from cluster.sweep import _ran_to_end
+
+    config = {"max_epochs": 4}
+    assert _ran_to_end(pd.DataFrame({"epoch": [1, 2, 3, 4], "early_stopped": [False] * 4}), config)
+    assert _ran_to_end(pd.DataFrame({"epoch": [1, 2], "early_stopped": [False, True]}), config)
+    assert not _ran_to_end(pd.DataFrame({"epoch": [1, 2], "early_stopped": [False, False]}), config)  # ASHA
+
+
 def _mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -103,7 +136,14 @@ def test_sweep_end_to_end(finished_sweep, monkeypatch):
         history = client.get_metric_history(run.info.run_id, "val_ccc_arousal")
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 1
     repeats = _children(client, "repeat")
-    assert len(repeats) == 2 * len(result.selected)  # 2 seeds per selected variant
+    assert len(repeats) == 2 * len(result.selected)  # 2 seeds per selected variant (reuse_search off here)
+    # What reuse_search stands on: a selected search trial that ran to its own end trained exactly what the repeat
+    # of its seed trains again.
+    for key, sel in result.selected.items():
+        if sel["record"]["ran_to_end"]:
+            twin = next(r for r in repeats if r.info.run_name == f"{key} seed {sel['config']['seed']}")
+            assert client.get_run(sel["run_id"]).data.metrics["best_val_ccc_arousal"] == pytest.approx(
+                twin.data.metrics["best_val_ccc_arousal"], abs=1e-6)
     # Test metrics live on the parent run only.
     for run in _children(client):
         assert not [k for k in run.data.metrics if "test" in k]
@@ -141,6 +181,30 @@ def test_sweep_end_to_end(finished_sweep, monkeypatch):
     assert len(_children(client)) == len(search) + len(repeats)
     assert client.get_run(result.parent_run_id).data.tags["emotune.test_scored_at"] == \
         parent.data.tags["emotune.test_scored_at"]
+
+
+@pytest.mark.slow
+def test_selected_search_trial_that_ran_to_its_end_is_its_seeds_repeat(tmp_path, shard_dir):
+    import csv
+    import io
+
+    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 2, "search.sampler": "random",
+                                                "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2,
+                                                "resources.max_failures": 0})
+    result = run_sweep_in(tmp_path, path)
+    client = _mlflow(tmp_path)
+    (sel,) = result.selected.values()
+    assert sel["record"]["ran_to_end"]  # no scheduler: every search trial runs its epochs
+    # Seed 0 is the selected search trial (reused, tagged), seed 1 the one repeat run trained.
+    repeats = _children(client, "repeat")
+    assert [r.info.run_name for r in repeats] == ["ladder_mtl seed 1"]
+    assert client.get_run(sel["run_id"]).data.tags[REUSED_TAG] == "0"
+    local = client.download_artifacts(result.parent_run_id, "results/per_seed.csv", str(tmp_path))
+    per_seed = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert sorted((r["seed"], r["run_id"]) for r in per_seed) == [("0", sel["run_id"]), ("1", repeats[0].info.run_id)]
+    parent = client.get_run(result.parent_run_id)
+    assert "ladder_mtl.test_ccc_arousal.std" in parent.data.metrics  # two seeds scored on test
+    assert result.model_version is not None
 
 
 def _kill_session(proc: subprocess.Popen) -> None:

@@ -131,3 +131,16 @@ def test_shipped_configs_load(name, protocol):
     assert cfg.data.targets == ["emotion", "gender", "speaker"] and cfg.train.lr_schedule == "halve_on_plateau"
     assert cfg.data.auxiliary[0].targets == ["gender", "speaker"]
     assert cfg.search.grace_period > 2  # longer than aae_mtl's pre-training epochs
+
+
+def test_demo_config_loads_and_evaluates_every_model_once():
+    from pathlib import Path
+
+    from searchspace.schema import load_sweep_config
+
+    cfg = load_sweep_config(Path(__file__).resolve().parents[2] / "configs" / "aae_mtl_demo.yaml")
+    assert cfg.model.family == "aae_mtl" and cfg.data.protocol == "speaker_kfold"  # unseen test speakers: EER
+    assert sorted(p["variant"] for p in cfg.search.points_to_evaluate) == sorted(cfg.model.variants)
+    assert cfg.search.num_samples == len(cfg.model.variants) and cfg.search.scheduler == "none"
+    assert "aux_tasks" not in cfg.model.fixed  # an arm parameter of aae_mtl only: not a label of every model
+    assert cfg.data.auxiliary[0].targets == ["gender", "speaker"]

@@ -205,3 +205,15 @@ def test_the_default_schedule_is_none_and_bad_settings_are_rejected(search_data)
         _run(data, lr_factor=1.0, max_epochs=1)
     with pytest.raises(ValueError, match="min_lr > 0 must hold, got 0"):
         _run(data, min_lr=0, max_epochs=1)
+
+
+def test_class_targets_whose_classes_differ_between_folds_are_not_stacked():
+    from trainables.loop import classes_varying_between_folds
+
+    def fold(speakers):
+        return {"encoders": {"emotion": {"classes": ["neutral", "happy"]}, "speaker": {"classes": speakers},
+                             "arousal": {"label_scales": {"iemocap": [1.0, 5.0]}}}}
+
+    # speaker_kfold: each fold trains (and so classifies) other speakers; emotion's classes are the same everywhere.
+    assert classes_varying_between_folds([fold(["a", "b"]), fold(["a", "c"])]) == {"speaker"}
+    assert classes_varying_between_folds([fold(["a", "b"]), fold(["a", "b"])]) == set()
