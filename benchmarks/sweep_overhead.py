@@ -17,8 +17,9 @@ Printed: the phases, the search-phase share of the total, the bare time, ``searc
 target <= 1.15 for trials of >= 20 s) and the per-trial fixed cost ``(search - bare) / N``, split on the driver's
 clock (trial start/complete hooks) into search set-up, gaps between trials, teardown and time inside trials, and
 inside trials (Tune's ``time_this_iter_s`` against the bare loop's epoch times) into first and later epochs. The
-total is also set against the bare time of the work it contains (the N search trials plus the repeat of the
-selected config, which has the same config and seed as one search trial). No number is asserted. Usage::
+total is also set against the bare time of the work it contains (the N search trials plus any repeat trained:
+with 1 repeat seed the repeat is the selected search trial itself, ``repeats.reuse_search``, and none is trained).
+No number is asserted. Usage::
 
     .venv/bin/python benchmarks/sweep_overhead.py                  # full: 4 trials of >= 20 s each (~7 min)
     .venv/bin/python benchmarks/sweep_overhead.py --smoke          # 2 tiny trials (~50-65 s on 2 cores)
@@ -38,7 +39,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from cluster import ray_runtime  # noqa: F401  (first: Ray must bind to 127.0.0.1, set before ray is imported)
@@ -224,18 +224,18 @@ def run_bare(config_path: Path, configs: list[dict]) -> list[list[float]]:
 
 @contextmanager
 def _reuse_actors(enabled: bool):
-    """Make ``tune.TuneConfig`` default to ``reuse_actors=True`` while enabled (the --reuse-actors what-if)."""
+    """Run the sweep's Tune experiments with ``reuse_actors=True`` while enabled (the --reuse-actors what-if)."""
     if not enabled:
         yield
         return
-    from ray import tune
+    from cluster import sweep
 
-    original = tune.TuneConfig
-    tune.TuneConfig = partial(original, reuse_actors=True)
+    original = sweep.REUSE_ACTORS
+    sweep.REUSE_ACTORS = True
     try:
         yield
     finally:
-        tune.TuneConfig = original
+        sweep.REUSE_ACTORS = original
 
 
 def _shutdown_ray() -> None:
@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", choices=("small", "full"), help=f"synthetic corpus scale (default {FULL['scale']})")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     p.add_argument("--reuse-actors", action="store_true",
-                   help="what-if: run the sweep with TuneConfig(reuse_actors=True) patched in (not what run_sweep "
-                        "does today), to measure that fix")
+                   help="what-if: run the sweep with reuse_actors=True (cluster.sweep.REUSE_ACTORS, off: see "
+                        "there why), to measure that fix")
     p.add_argument("--tmpdir", default=None, help="parent of the temporary work folder (default: system temp)")
     args = p.parse_args(argv)
     base = SMOKE if args.smoke else FULL

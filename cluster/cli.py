@@ -86,7 +86,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     from data_io import shards
 
-    ss = shards.open_shards(Path(args.path), verify_checksums=args.verify)
+    folder = args.path if shards.is_uri(args.path) else Path(args.path)  # s3://, gs://, file:// stay URIs
+    ss = shards.open_shards(folder, verify_checksums=args.verify)
     print(shards_summary(ss))
     return 0
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster import ray_runtime  # noqa: F401  (loopback environment before Ray loads)
+from data_io.shards import REACH_FIX
 
 DEFAULT_TIMEOUT_S = 10.0  # per network probe: an object store's client retries for minutes on its own
 # Filesystems that other machines mount too: a storage.path on one is seen by every node of a cluster.
@@ -45,9 +46,7 @@ TRACKING_FIX = ("start the server (`make mlflow-server` serves one on 127.0.0.1 
                 "MLFLOW_TRACKING_URI (or tracking.uri in the config, which wins over it) at one that runs")
 STORAGE_FIX = ("set storage.path to a folder every node mounts (NFS, CephFS, Lustre, a FUSE-mounted bucket) or "
                "to an object-store URI (s3://BUCKET/PATH, gs://BUCKET/PATH), so checkpoints outlive their node and "
-               "the driver resumes from them")
-REACH_FIX = ("check the URI, that this machine reaches the store (network, endpoint) and its credentials (AWS_* "
-             "variables or ~/.aws for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)")
+               "the driver resumes from them; if every node does mount this path, say so with storage.shared: true")
 
 
 @dataclass(frozen=True)
@@ -173,20 +172,27 @@ def _local_path(storage: str) -> str | None:
     return unquote(urlsplit(storage).path) or rest
 
 
-def storage_sharing(path: str, node_count: int, fstype: str | None) -> Check:
+def storage_sharing(path: str, node_count: int, fstype: str | None, declared: bool | None = None) -> Check:
     """A local ``storage.path`` judged for a cluster of ``node_count`` nodes: refused when the cluster has more than
-    one node and the path is on a filesystem known to be local to this one."""
+    one node and the path is on a filesystem known to be local to this one. ``declared`` is ``storage.shared``:
+    True (every node mounts this path, whatever its type says) or False (never shared) decide instead of the type."""
+    if declared:
+        return Check("storage", True, f"storage.path {path} declared shared by every node (storage.shared: true); "
+                                      f"{node_count} node(s)")
     kind = f"a filesystem of type {fstype}" if fstype else "a filesystem of unknown type"
-    if node_count > 1 and fstype and not is_shared_filesystem(fstype):
+    local = declared is False or (fstype and not is_shared_filesystem(fstype))
+    if declared is False:
+        kind = f"{kind}, declared node-local (storage.shared: false)"
+    if node_count > 1 and local:
         return Check("storage", False,
                      f"storage.path {path} is on {kind}, local to this node, but the Ray cluster has {node_count} "
                      f"alive nodes: trials on the other nodes could not write their checkpoints there (Ray Tune "
                      f"refuses such a path) and a re-run could not resume from them", STORAGE_FIX)
-    shared = "shared" if is_shared_filesystem(fstype) else ("node-local" if fstype else "sharing unknown")
+    shared = ("node-local" if local else "shared" if is_shared_filesystem(fstype) else "sharing unknown")
     return Check("storage", True, f"storage.path {path} on {kind} ({shared}); {node_count} node(s)")
 
 
-def require_shared_storage(storage: str, view: ClusterView | None = None) -> None:
+def require_shared_storage(storage: str, view: ClusterView | None = None, declared: bool | None = None) -> None:
     """Refuse a node-local ``storage.path`` when the sweep would run on a Ray cluster of more than one alive node.
 
     Cheap in the usual cases: an object-store URI, a network filesystem, or no cluster (a local Ray is one node)
@@ -196,26 +202,28 @@ def require_shared_storage(storage: str, view: ClusterView | None = None) -> Non
     Args:
         storage: ``storage.path`` as the sweep uses it.
         view: The cluster's nodes (tests inject them); asked from Ray when needed and None.
+        declared: ``storage.shared`` (None: judged by the filesystem's type).
 
     Raises:
         ValueError: Naming ``storage.path``, the node count and the fix.
     """
     path = _local_path(storage)
-    if path is None:
+    if path is None or declared:
         return
     fstype = filesystem_type(path)
-    if not fstype or is_shared_filesystem(fstype):
+    if declared is None and (not fstype or is_shared_filesystem(fstype)):
         return
     if view is None:
         if not joins_cluster():
             return
         view = cluster_view()
-    check = storage_sharing(path, len(view.nodes), fstype)
+    check = storage_sharing(path, len(view.nodes), fstype, declared)
     if not check.ok:
         raise ValueError(f"{check.detail}; {check.fix}")
 
 
-def check_storage(storage: str, view: ClusterView | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Check:
+def check_storage(storage: str, view: ClusterView | None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                  declared: bool | None = None) -> Check:
     """``storage.path``: a remote URI answers; a local path is writable (or can be created) and, on a cluster of
     several nodes, on a shared filesystem. ``view`` None: the cluster is unknown (only reachability is checked)."""
     path = _local_path(storage)
@@ -228,7 +236,7 @@ def check_storage(storage: str, view: ClusterView | None, timeout_s: float = DEF
     if problem:
         return Check("storage", False, f"storage.path {path} {problem}",
                      "point storage.path at a folder this user may create and write")
-    return storage_sharing(path, len(view.nodes) if view else 1, filesystem_type(path))
+    return storage_sharing(path, len(view.nodes) if view else 1, filesystem_type(path), declared)
 
 
 def _writable_problem(folder: Path) -> str | None:
@@ -489,7 +497,7 @@ def run_checks(config_path: Path, overrides: dict | None = None, *, num_cpus: in
                                 "http://HEAD:8265 --working-dir . -- emotune sweep --check CONFIG`, or unset "
                                 "RAY_ADDRESS for a local Ray"))
     storage = str(cfg.storage.path)
-    checks.append(check_storage(storage, view, timeout_s))
+    checks.append(check_storage(storage, view, timeout_s, cfg.storage.shared))
     checks.append(check_tracking(resolve_tracking_uri(cfg.tracking.uri), timeout_s))
     if view is not None:
         checks.append(check_resources(cfg, view))

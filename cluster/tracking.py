@@ -488,6 +488,7 @@ class TrialRunLogger(tune.Callback):
         self.max_epochs, self.scheduler = int(max_epochs), scheduler
         self.datasets = list(datasets or [])
         self._runs: dict[str, str] = {}
+        self._logged_epoch: dict[str, int] = {}  # trial id -> the last epoch whose metrics were logged
 
     def __getstate__(self):  # the trial -> run cache is rebuilt from MLflow after a restore
         state = dict(self.__dict__)
@@ -513,6 +514,12 @@ class TrialRunLogger(tune.Callback):
         metrics = [mlflow.entities.Metric(k, float(v), int(result.get("timestamp", 0)) * 1000, step)
                    for k, v in result.items()
                    if isinstance(v, int | float) and not isinstance(v, bool) and k.startswith(("val_", "train_"))]
+        # A trial restarted from its last checkpoint (a lost node, a retry) trains the epochs after it again: they
+        # were logged the first time, so the run's history keeps one point per epoch.
+        if step <= self._logged_epoch.get(trial.trial_id, 0):
+            metrics = []
+        elif metrics:
+            self._logged_epoch[trial.trial_id] = step
         tags = placement_tags(result)
         if metrics or tags:
             self.queue_batch(trial, metrics=metrics, tags=tags)
@@ -571,9 +578,11 @@ class TrialRunLogger(tune.Callback):
         # Saved with every Tune experiment snapshot, so a driver that dies (or gives up on the server) leaves its
         # unsent writes in the experiment folder for the re-run. Never None: an empty list must replace the
         # pending list of an older snapshot, or a restore would replay it.
-        return {"pending_writes": list(self.writes.items)}
+        return {"pending_writes": list(self.writes.items), "logged_epoch": dict(self._logged_epoch)}
 
     def set_state(self, state: dict) -> None:
+        for trial_id, epoch in state.get("logged_epoch", {}).items():
+            self._logged_epoch[trial_id] = max(epoch, self._logged_epoch.get(trial_id, 0))
         queue = self.writes
         if not queue:  # a queue already filled in this process is newer than any snapshot
             for op in state.get("pending_writes", []):

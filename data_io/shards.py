@@ -90,7 +90,7 @@ class ShardError(ValueError):
 
 # ---- folders named by URI ----------------------------------------------------------------------------------
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-_REACH_FIX = ("check the URI, that this machine reaches the store (network, endpoint) and its credentials "
+REACH_FIX = ("check the URI, that this machine reaches the store (network, endpoint) and its credentials "
               "(AWS_* variables or ~/.aws for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://)")
 
 
@@ -112,7 +112,7 @@ def _filesystem(uri: str):
         filesystem, base = pafs.FileSystem.from_uri(uri)
     except (OSError, pa.ArrowException, ValueError) as err:  # an unknown scheme, a missing driver (libhdfs)
         raise ShardError(f"shard folder {uri} cannot be opened ({_first_line(err)}); use a local path or a URI "
-                         f"pyarrow reads (s3://, gs://, hdfs://, file://), and {_REACH_FIX}") from None
+                         f"pyarrow reads (s3://, gs://, hdfs://, file://), and {REACH_FIX}") from None
     return filesystem, base.rstrip("/")
 
 
@@ -503,7 +503,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         except FileNotFoundError:
             raise ShardError(f"{path} {missing}") from None
         except OSError as err:
-            raise ShardError(f"{path} cannot be read ({_first_line(err)}); {_REACH_FIX}") from None
+            raise ShardError(f"{path} cannot be read ({_first_line(err)}); {REACH_FIX}") from None
     else:
         path = Path(folder) / MANIFEST_NAME
         if not path.is_file():
@@ -976,7 +976,7 @@ def _list_uri_folder(uri: str) -> tuple[object, str, list[str]]:
         names = ([i.base_name for i in filesystem.get_file_info(pafs.FileSelector(base))]
                  if info.type == pafs.FileType.Directory else None)
     except OSError as err:
-        raise ShardError(f"shard folder {uri} cannot be reached ({_first_line(err)}); {_REACH_FIX}") from None
+        raise ShardError(f"shard folder {uri} cannot be reached ({_first_line(err)}); {REACH_FIX}") from None
     if names is None:
         raise ShardError(f"shard folder {uri} does not exist; upload a folder `emotune ingest` wrote "
                          f"(<out>/<corpus>/<feature_set>, every file of it) there, or fix the URI")

@@ -34,7 +34,7 @@ Example (every section but ``name``, ``data`` and ``model`` may be left out; the
     resources: {cpu: 1, gpu: 0, max_failures: 2}
     tracking: {uri: null, experiment: null}
     registry: {model_name: null, alias: candidate}
-    storage: {path: ray_results}
+    storage: {path: ray_results, shared: null}
 """
 
 from __future__ import annotations
@@ -351,9 +351,15 @@ class RegistryConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """Ray Tune storage_path: a local folder, a shared filesystem, or an s3:// / gs:// URI."""
+    """Ray Tune storage_path: a local folder, a shared filesystem, or an s3:// / gs:// URI.
+
+    ``shared``: whether every node of the cluster mounts ``path``. None (the default) judges by its filesystem's
+    type (NFS, CephFS, Lustre, FUSE... are shared; ext4, xfs... are one node's); true or false say so instead, for
+    a filesystem the type does not tell. A node-local path is refused on a cluster of several nodes.
+    """
 
     path: str = Field("ray_results", min_length=1)
+    shared: bool | None = None
 
 
 class SweepConfig(_Section):

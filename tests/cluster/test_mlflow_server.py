@@ -515,3 +515,23 @@ def test_extra_tags_keep_their_place_in_the_queue(flaky):
     cb.catch_up(timeout_s=30)
     (run,) = server.runs.values()
     assert run["tags"]["emotune.node_id"] == "abc"
+
+
+def test_epochs_a_restarted_trial_trains_again_are_logged_once(flaky):
+    server, cb = flaky.server, flaky.logger()
+    t1 = _trial("t1", 1)
+    cb.on_trial_start(0, [], t1)
+    for epoch in (1, 2, 3):
+        cb.on_trial_result(0, [], t1, _result(epoch, 0.1 * epoch))
+    # Its node is lost: the trial restarts from its epoch-1 checkpoint and trains epochs 2 and 3 again.
+    cb.on_trial_start(0, [], t1)
+    for epoch in (2, 3, 4):
+        cb.on_trial_result(0, [], t1, {**_result(epoch, 0.1 * epoch + 0.01), "timestamp": 1_800_000_000 + epoch})
+    cb.catch_up(timeout_s=0)
+    assert server.history("t1", "val_ccc") == [1, 2, 3, 4]
+    # A driver restored from a snapshot knows what it logged before.
+    again = flaky.logger()
+    again.set_state(pickle.loads(pickle.dumps(cb.get_state())))
+    again.on_trial_result(0, [], t1, _result(4, 0.4))
+    again.catch_up(timeout_s=0)
+    assert server.history("t1", "val_ccc") == [1, 2, 3, 4]

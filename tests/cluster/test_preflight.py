@@ -180,6 +180,21 @@ def test_storage_checks(tmp_path, monkeypatch):
     assert not slow.ok and "no answer within 0.5 s" in slow.detail and "credentials" in slow.fix
 
 
+def test_storage_shared_declares_what_the_filesystem_type_does_not_tell(tmp_path, monkeypatch):
+    monkeypatch.setattr(preflight, "filesystem_type", lambda path, mounts=None: "ext4")
+    folder = str(tmp_path / "rr")
+    declared = preflight.check_storage(folder, TWO_NODES, declared=True)
+    assert declared.ok and "storage.shared: true" in declared.detail
+    preflight.require_shared_storage(folder, TWO_NODES, declared=True)  # no error
+    with pytest.raises(ValueError, match="storage.shared: true"):  # the fix names the field
+        preflight.require_shared_storage(folder, TWO_NODES)
+    monkeypatch.setattr(preflight, "filesystem_type", lambda path, mounts=None: "nfs4")
+    refused = preflight.check_storage(folder, TWO_NODES, declared=False)  # an NFS export only this node mounts
+    assert not refused.ok and "declared node-local" in refused.detail
+    with pytest.raises(ValueError, match="declared node-local"):
+        preflight.require_shared_storage(folder, TWO_NODES, declared=False)
+
+
 def test_resources_against_the_cluster_nodes(config):
     from searchspace.schema import load_sweep_config
 

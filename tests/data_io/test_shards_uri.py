@@ -97,3 +97,11 @@ def test_an_unreachable_object_store_is_named_with_the_fix(monkeypatch) -> None:
 def test_is_uri_tells_uris_from_paths() -> None:
     assert shards.is_uri("s3://b/x") and shards.is_uri("file:///data/x") and shards.is_uri("gs://b")
     assert not shards.is_uri("/data/x") and not shards.is_uri("shards/x") and not shards.is_uri(Path("a/b"))
+
+
+def test_emotune_shards_summarises_a_uri_folder(local_dir, capsys) -> None:
+    from cluster.cli import main
+
+    assert main(["shards", local_dir.as_uri(), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(local_dir.as_uri()) and "manifest hash" in out
