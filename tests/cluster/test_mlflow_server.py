@@ -121,60 +121,7 @@ def _local_stores(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name in {"mlruns", "mlartifacts", "mlflow.db"}]
 
 
-# ---- (a) runs, metrics, artifacts and the model through the server ------------------------------------------
-
-
-@pytest.mark.slow
-def test_sweep_against_a_server_logs_runs_metrics_artifacts_and_model_there(mlflow_server, msp_functionals,
-                                                                             tmp_path, monkeypatch, capfd):
-    from mlflow.tracking import MlflowClient
-
-    shard_dir = msp_functionals[0] / "msp_podcast" / "functionals"
-    # No tracking.uri in the config: the team's server comes from MLFLOW_TRACKING_URI, as a user sets it.
-    config = _config(tmp_path, shard_dir, "t_server", **{"tracking.uri": None})
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    work = tmp_path / "client"
-    work.mkdir()
-    result = run_sweep_in(work, config)
-
-    client = MlflowClient(mlflow_server.uri)
-    exp = client.get_experiment_by_name("t_server_exp")
-    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location  # proxied by the server
-    parent = client.get_run(result.parent_run_id)
-    assert parent.info.status == "FINISHED"
-    children = tracking.child_runs(client, exp.experiment_id, parent.info.run_id)
-    roles = sorted(r.data.tags[tracking.ROLE_TAG] for r in children)
-    assert roles == ["repeat", "search", "search"]
-    for run in children:
-        assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_ccc_arousal")]
-        assert steps == sorted(set(steps)) and steps, steps
-        assert "best_val_ccc_arousal" in run.data.metrics
-
-    # Artifacts: listed and read back through the server, stored in its artifact folder, none on the client side.
-    names = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
-    assert {"results/table.md", "results/table.csv", "results/per_seed.csv"} <= names
-    table = Path(client.download_artifacts(parent.info.run_id, "results/table.md", str(tmp_path / "dl")))
-    assert table.read_text() == (mlflow_server.artifacts / exp.experiment_id / parent.info.run_id / "artifacts"
-                                 / "results" / "table.md").read_text()
-    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
-    assert {"folds.json", "selection.json", "optuna_study.db", "validation_curves_ladder_mtl.png", "MLmodel",
-            "network.pt2"} <= stored, sorted(stored)
-    assert _local_stores(tmp_path) == []
-    assert "stores artifacts at" not in capfd.readouterr().err  # no warning: the server proxies them
-
-    # The registered model: its version under the alias, its files downloaded through the server.
-    import mlflow
-
-    version = client.get_model_version_by_alias("t-server-model", "candidate")
-    assert version.version == result.model_version
-    with mlflow_tracking(mlflow_server.uri):
-        model_dir = Path(mlflow.artifacts.download_artifacts("models:/t-server-model@candidate",
-                                                             dst_path=str(tmp_path / "model")))
-    assert (model_dir / "MLmodel").is_file() and list(model_dir.rglob("network.pt2"))
-
-
-# ---- (b) the server stopped and restarted mid-sweep --------------------------------------------------------
+# ---- a sweep against the server, stopped and restarted mid-sweep ----------------------------------------------
 
 
 class Outage(threading.Thread):
@@ -224,13 +171,18 @@ def _reported_epochs(experiment_folder: Path) -> dict[str, dict[str, list[int]]]
 
 
 @pytest.mark.slow
-def test_server_stopped_mid_sweep_loses_and_doubles_nothing(mlflow_server, msp_functionals, tmp_path, capfd):
+def test_sweep_against_a_server_stopped_mid_sweep_loses_and_doubles_nothing(mlflow_server, msp_functionals,
+                                                                           tmp_path, monkeypatch, capfd):
+    """A sweep logging to a real server finds its runs, metrics, artifacts and registered model there, although the
+    server was killed during the search and restarted on the same port and database."""
     from mlflow.tracking import MlflowClient
 
     shard_dir = msp_functionals[0] / "msp_podcast" / "functionals"
-    # Four epochs, so trials are still reporting while the server is down (and while it restarts, 10-25 s).
-    config = _config(tmp_path, shard_dir, "t_outage", **{"tracking.uri": mlflow_server.uri, "train.max_epochs": 4,
+    # No tracking.uri in the config: the team's server comes from MLFLOW_TRACKING_URI, as a user sets it. Four
+    # epochs, so trials are still reporting while the server is down (and while it restarts, 10-25 s).
+    config = _config(tmp_path, shard_dir, "t_outage", **{"tracking.uri": None, "train.max_epochs": 4,
                                                          "train.patience": 4})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     outage = Outage(mlflow_server, "t_outage_exp")
     outage.start()
     work = tmp_path / "client"
@@ -259,10 +211,33 @@ def test_server_stopped_mid_sweep_loses_and_doubles_nothing(mlflow_server, msp_f
         for key, epochs in reported[run.data.tags[tracking.TRIAL_TAG]].items():
             logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert logged == sorted(epochs), (run.info.run_name, key, logged, epochs)
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location  # proxied by the server
+    parent = client.get_run(result.parent_run_id)
+
+    # Artifacts: listed and read back through the server, stored in its artifact folder, none on the client side.
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/table.md", "results/table.csv", "results/per_seed.csv"} <= names
+    table = Path(client.download_artifacts(parent.info.run_id, "results/table.md", str(tmp_path / "dl")))
+    assert table.read_text() == (mlflow_server.artifacts / exp.experiment_id / parent.info.run_id / "artifacts"
+                                 / "results" / "table.md").read_text()
+    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
+    assert {"folds.json", "selection.json", "optuna_study.db", "validation_curves_ladder_mtl.png", "MLmodel",
+            "network.pt2"} <= stored, sorted(stored)
     assert _local_stores(tmp_path) == []
+    assert "stores artifacts at" not in err  # no warning: the server proxies them
+
+    # The registered model: its version under the alias, its files downloaded through the server.
+    import mlflow
+
+    version = client.get_model_version_by_alias("t-outage-model", "candidate")
+    assert version.version == result.model_version
+    with mlflow_tracking(mlflow_server.uri):
+        model_dir = Path(mlflow.artifacts.download_artifacts("models:/t-outage-model@candidate",
+                                                             dst_path=str(tmp_path / "model")))
+    assert (model_dir / "MLmodel").is_file() and list(model_dir.rglob("network.pt2"))
 
 
-# ---- (c) the retry queue, against an in-memory client that fails on demand ---------------------------------
+# ---- the retry queue, against an in-memory client that fails on demand ---------------------------------
 
 
 def _unreachable():

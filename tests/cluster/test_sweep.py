@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pickle
 import signal
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cluster.sweep import REUSED_TAG, repeat_plan
-from tests.cluster.helpers import mlflow_tracking, run_sweep_in, write_config
+from tests.cluster.helpers import mlflow_tracking, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,30 +185,6 @@ def test_sweep_end_to_end(finished_sweep, monkeypatch):
         parent.data.tags["emotune.test_scored_at"]
 
 
-@pytest.mark.slow
-def test_selected_search_trial_that_ran_to_its_end_is_its_seeds_repeat(tmp_path, shard_dir):
-    import csv
-    import io
-
-    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 2, "search.sampler": "random",
-                                                "search.ranges": {}, "train.max_epochs": 2, "train.patience": 2,
-                                                "resources.max_failures": 0})
-    result = run_sweep_in(tmp_path, path)
-    client = _mlflow(tmp_path)
-    (sel,) = result.selected.values()
-    assert sel["record"]["ran_to_end"]  # no scheduler: every search trial runs its epochs
-    # Seed 0 is the selected search trial (reused, tagged), seed 1 the one repeat run trained.
-    repeats = _children(client, "repeat")
-    assert [r.info.run_name for r in repeats] == ["ladder_mtl seed 1"]
-    assert client.get_run(sel["run_id"]).data.tags[REUSED_TAG] == "0"
-    local = client.download_artifacts(result.parent_run_id, "results/per_seed.csv", str(tmp_path))
-    per_seed = list(csv.DictReader(io.StringIO(Path(local).read_text())))
-    assert sorted((r["seed"], r["run_id"]) for r in per_seed) == [("0", sel["run_id"]), ("1", repeats[0].info.run_id)]
-    parent = client.get_run(result.parent_run_id)
-    assert "ladder_mtl.test_ccc_arousal.std" in parent.data.metrics  # two seeds scored on test
-    assert result.model_version is not None
-
-
 def _kill_session(proc: subprocess.Popen) -> None:
     """SIGKILL the driver and every process of its session (Ray's agents outlive the driver otherwise)."""
     sid = proc.pid
@@ -272,14 +250,26 @@ def test_failed_trial_resumes_from_checkpoint_in_the_same_run(tmp_path, shard_di
     monkeypatch.chdir(tmp_path)
     markers = tmp_path / "faults"
     monkeypatch.setenv(FAULT_ENV, f"{markers}:3")
-    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 2, "repeats.seeds": 1,
+    path = write_config(tmp_path, shard_dir, **{"search.num_samples": 2, "search.sampler": "random",
                                                  "train.max_epochs": 5, "train.patience": 5})
     result = run_sweep(path, num_cpus=2)
     client = _mlflow(tmp_path)
     search = _children(client, "search")
-    assert len(list(markers.glob("*.failed"))) >= 2  # every trial failed once
+    assert len(list(markers.glob("*.failed"))) >= 3  # every trial failed once (2 search, 1 repeat)
     assert len(search) == 2 and result.search_trials == 2  # retried trials kept their run
     for run in search:
         assert run.info.status == "FINISHED"
-        steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_ccc_arousal")}
-        assert steps == {1, 2, 3, 4, 5}  # resumed after the failure and reached the last epoch
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_ccc_arousal")]
+        assert steps == [1, 2, 3, 4, 5]  # resumed after the failure, reached the last epoch, each epoch once
+
+    # 2 repeat seeds: seed 0 is the selected search trial, which ran to its end (reused and tagged, not trained
+    # again); seed 1 is the one repeat run trained.
+    (sel,) = result.selected.values()
+    assert sel["record"]["ran_to_end"]
+    repeats = _children(client, "repeat")
+    assert [r.info.run_name for r in repeats] == ["ladder_mtl seed 1"]
+    assert client.get_run(sel["run_id"]).data.tags[REUSED_TAG] == "0"
+    local = client.download_artifacts(result.parent_run_id, "results/per_seed.csv", str(tmp_path))
+    per_seed = list(csv.DictReader(io.StringIO(Path(local).read_text())))
+    assert sorted((r["seed"], r["run_id"]) for r in per_seed) == [("0", sel["run_id"]), ("1", repeats[0].info.run_id)]
+    assert "ladder_mtl.test_ccc_arousal.std" in client.get_run(result.parent_run_id).data.metrics  # 2 seeds tested
