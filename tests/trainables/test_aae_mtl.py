@@ -21,12 +21,7 @@ TINY = {"window": T, "channels": (4, 4, 4), "head_filters": 4, "dense": (8, 8), 
 GROUPS = ("encoder", "decoder", "discriminator", "emotion", "gender", "speaker")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only add contention on a busy 2-core box
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainables/conftest.py
 
 
 def make_batch(n: int = B, seed: int = 0, primary: bool = True) -> dict[str, torch.Tensor]:

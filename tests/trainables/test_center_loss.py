@@ -23,12 +23,7 @@ SPEC = DataSpec(input_shape=(T, NF), targets=("emotion",), n_classes={"emotion":
 TINY = {"frames": T, "filters": 4, "hidden": 8, "decoder_hidden": (16,)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only add contention (20x slower on a busy 2-core box)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainables/conftest.py
 
 
 def make_batch(n: int = B, seed: int = 0, low: float = 0.0, high: float = 1.0) -> dict[str, torch.Tensor]:

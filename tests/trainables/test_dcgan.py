@@ -26,12 +26,7 @@ SPEC = DataSpec(input_shape=(T, NF), targets=("valence", "arousal"), n_classes={
 TINY = {"crop_width": T, "filter_size": 3, "filters": 4, "fc_hidden": 8, "z_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: threads only add contention on a busy 2-core box
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainables/conftest.py
 
 
 def one_hot(levels: torch.Tensor) -> torch.Tensor:

@@ -189,14 +189,6 @@ def synthetic(seed: int = 0, n_train: int = 1024, n_val: int = 256, d: int = 60)
     return torch.from_numpy(x[:n_train]), torch.from_numpy(y[:n_train]), x[n_train:], y[n_train:]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices: threads only add contention and run-to-run variance
-    yield
-    torch.set_num_threads(n)
-
-
 # Measured (seeds 0/1/2, 8 epochs x 32 batches = 256 NAdam steps at lr 2e-3): validation arousal CCC
 # ladder_mtl 0.875 / 0.902 / 0.874, dnn_mtl 0.858 / 0.887 / 0.838. The threshold keeps a margin of ~0.09.
 @pytest.mark.parametrize("variant", ["ladder_mtl", "dnn_mtl"])

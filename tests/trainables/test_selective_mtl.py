@@ -24,12 +24,7 @@ TINY = {"frames": T, "lstm_cells": 16, "attention_size": 16, "heads": 2, "fc1": 
         "neutral_index": NEUTRAL}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny LSTMs: threads only add contention
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/trainables/conftest.py
 
 
 def make_batch(n: int = B, seed: int = 0, style: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
